@@ -1,0 +1,31 @@
+"""`python -m filterrelease` / `filterrelease`: run the operator against the current kubeconfig."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from filterrelease.config import Settings
+from filterrelease.handlers import register
+
+
+def main() -> None:
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, settings)
+    kopf.run(
+        registry=registry,
+        # One replica acts; a second one would need leader election (not yet implemented).
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=settings.liveness_endpoint or None,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""FilterRelease (+ rollout state) → Istio WasmPlugin manifests. Pure: same input, same output.
+
+Rendering rules that come from Istio's behaviour:
+- priority is always explicit: Istio sorts an unset priority after an explicit 0 and breaks ties
+  by creation time, so an implicit one would make the order depend on history;
+- no metadata is copied from the FilterRelease: a copied Argo CD tracking label or annotation would
+  make Argo CD treat the WasmPlugin as its own and prune it;
+- the WasmPlugin is owned by the FilterRelease (controller reference), so deleting the release
+  garbage-collects its plugins and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from filterrelease.core.spec import FilterReleaseSpec
+from filterrelease.core.status import ModuleVersion
+
+GROUP = "filterrelease.dev"
+API_VERSION = f"{GROUP}/v1alpha1"
+KIND = "FilterRelease"
+WASMPLUGIN_API_VERSION = "extensions.istio.io/v1alpha1"
+MANAGED_BY = "filterrelease"
+
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RELEASE = f"{GROUP}/release"
+LABEL_ROLE = f"{GROUP}/role"
+ANNOTATION_VERSION = f"{GROUP}/version"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+
+
+class ReleaseRef(BaseModel):
+    """The identity of a FilterRelease object, as much as rendering needs."""
+
+    model_config = ConfigDict(frozen=True)
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+
+
+def version_label(url: str, sha256: str | None) -> str:
+    """A short label for people: the tag, else the first 12 digits of the digest."""
+    ref = url.split("://", 1)[-1]
+    if "@sha256:" in ref:
+        return "sha256:" + ref.rsplit("@sha256:", 1)[1][:12]
+    last = ref.rsplit("/", 1)[-1]
+    if url.startswith("oci://"):
+        if ":" in last:
+            return last.rsplit(":", 1)[1]
+        return "sha256:" + sha256[:12] if sha256 else "latest"
+    return "sha256:" + sha256[:12] if sha256 else last
+
+
+def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if v is not None and v not in ([], {})}
+
+
+def render_spec(spec: FilterReleaseSpec) -> dict[str, Any]:
+    """The WasmPlugin spec for one version of the filter."""
+    module = spec.module
+    out: dict[str, Any] = {
+        "selector": {"matchLabels": dict(spec.selector.match_labels)} if spec.selector else None,
+        "targetRefs": [_drop_none(r.model_dump(by_alias=True, mode="json")) for r in spec.target_refs]
+        if spec.target_refs
+        else None,
+        "url": module.url,
+        "sha256": module.sha256,
+        "imagePullPolicy": module.image_pull_policy,
+        "imagePullSecret": module.image_pull_secret,
+        "pluginName": module.plugin_name,
+        "phase": spec.phase.value,
+        "priority": spec.priority,
+        "failStrategy": spec.fail_strategy.value,
+        "type": spec.type.value,
+        "match": [m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in spec.match] or None,
+        "pluginConfig": spec.plugin_config,
+        "vmConfig": spec.vm_config.model_dump(by_alias=True, exclude_none=True, mode="json")
+        if spec.vm_config and spec.vm_config.env
+        else None,
+    }
+    rendered = _drop_none(out)
+    # An empty pluginConfig object is meaningful to some plugins; keep it when the user wrote it.
+    if spec.plugin_config == {}:
+        rendered["pluginConfig"] = {}
+    return rendered
+
+
+def config_hash(wasmplugin_spec: dict[str, Any]) -> str:
+    canonical = json.dumps(wasmplugin_spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def module_version(spec: FilterReleaseSpec, generation: int) -> ModuleVersion:
+    rendered = render_spec(spec)
+    return ModuleVersion(
+        version=version_label(spec.module.url, spec.module.sha256),
+        url=spec.module.url,
+        sha256=spec.module.sha256,
+        plugin_config=spec.plugin_config,
+        config_hash=config_hash(rendered),
+        generation=generation,
+    )
+
+
+def stable_plugin_name(release: ReleaseRef) -> str:
+    return release.name
+
+
+def render_wasmplugin(release: ReleaseRef, spec: FilterReleaseSpec) -> dict[str, Any]:
+    """The complete WasmPlugin manifest that carries the release to every selected proxy."""
+    rendered = render_spec(spec)
+    return {
+        "apiVersion": WASMPLUGIN_API_VERSION,
+        "kind": "WasmPlugin",
+        "metadata": {
+            "name": stable_plugin_name(release),
+            "namespace": release.namespace,
+            "labels": {
+                LABEL_MANAGED_BY: MANAGED_BY,
+                LABEL_RELEASE: release.name,
+                LABEL_ROLE: "stable",
+            },
+            "annotations": {
+                ANNOTATION_VERSION: version_label(spec.module.url, spec.module.sha256),
+                ANNOTATION_CONFIG_HASH: config_hash(rendered),
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": release.name,
+                    "uid": release.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": rendered,
+    }
+
+
+def needs_write(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Whether the live WasmPlugin differs from the desired one in anything we own.
+
+    Only our own fields are compared: other controllers may add labels or annotations, and the
+    API server adds defaults and metadata; none of that should make us write.
+    """
+    if live is None:
+        return True
+    if live.get("spec") != desired["spec"]:
+        return True
+    live_meta = live.get("metadata", {})
+    for field in ("labels", "annotations"):
+        mine = desired["metadata"][field]
+        theirs = live_meta.get(field) or {}
+        if any(theirs.get(k) != v for k, v in mine.items()):
+            return True
+    owners = live_meta.get("ownerReferences") or []
+    want = desired["metadata"]["ownerReferences"][0]
+    return not any(o.get("uid") == want["uid"] and o.get("controller") for o in owners)

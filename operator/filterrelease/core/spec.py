@@ -1,0 +1,198 @@
+"""The FilterRelease spec as typed models, parsed once from the object body.
+
+The CRD's schema and CEL rules reject most bad input at the API server; these models are the
+operator's own line of defence for what gets past them (a CRD older or newer than the operator, a
+hand-edited object) and for the rules only the operator can check. Unknown fields are an error, so
+nothing in a spec is ever silently ignored.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+TRACK_LABEL = "filterrelease.dev/track"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid"
+    )
+
+
+class Phase(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED_PHASE"
+    AUTHN = "AUTHN"
+    AUTHZ = "AUTHZ"
+    STATS = "STATS"
+
+
+class FailStrategy(StrEnum):
+    FAIL_CLOSE = "FAIL_CLOSE"
+    FAIL_OPEN = "FAIL_OPEN"
+    FAIL_RELOAD = "FAIL_RELOAD"
+
+
+class PluginType(StrEnum):
+    HTTP = "HTTP"
+    NETWORK = "NETWORK"
+
+
+class Selector(_Model):
+    match_labels: dict[str, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_reserved_label(self) -> Selector:
+        if TRACK_LABEL in self.match_labels:
+            raise ValueError(f"matchLabels must not use {TRACK_LABEL}: the operator reserves it")
+        return self
+
+
+class TargetRef(_Model):
+    group: str = ""
+    kind: str
+    name: str
+
+
+class Port(_Model):
+    number: int = Field(ge=1, le=65535)
+
+
+class TrafficMatch(_Model):
+    mode: Literal["UNDEFINED", "CLIENT", "SERVER", "CLIENT_AND_SERVER"] | None = None
+    ports: tuple[Port, ...] = ()
+
+
+class Module(_Model):
+    url: str = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[a-f0-9]{64}$")
+    image_pull_policy: Literal["IfNotPresent", "Always"] | None = None
+    image_pull_secret: str | None = None
+    plugin_name: str | None = None
+
+    @property
+    def is_oci(self) -> bool:
+        return self.url.startswith("oci://")
+
+    @model_validator(mode="after")
+    def _url_rules(self) -> Module:
+        if not self.url.startswith(("oci://", "https://", "http://")):
+            raise ValueError("module.url must start with oci://, https:// or http://")
+        if not self.is_oci and (self.image_pull_secret or self.image_pull_policy):
+            raise ValueError("imagePullSecret and imagePullPolicy only apply to oci:// modules")
+        if self.sha256 and "@sha256:" in self.url and not self.url.endswith(self.sha256):
+            raise ValueError("module.sha256 must equal the digest pinned in module.url")
+        return self
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: Literal["INLINE", "HOST"] | None = None
+
+
+class VmConfig(_Model):
+    env: tuple[EnvVar, ...] = ()
+
+
+class Pause(_Model):
+    duration: str | None = Field(default=None, pattern=r"^([0-9]+(ms|s|m|h))+$")
+
+
+class TemplateRef(_Model):
+    name: str
+
+
+class Analysis(_Model):
+    templates: tuple[TemplateRef, ...] = ()
+    # Metric definitions belong to the canary engine; kept opaque until it parses them.
+    metrics: tuple[dict[str, Any], ...] = ()
+
+
+class Step(_Model):
+    set_weight: Annotated[int, Field(ge=1, le=100)] | None = None
+    pause: Pause | None = None
+    analysis: Analysis | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Step:
+        if sum(x is not None for x in (self.set_weight, self.pause, self.analysis)) != 1:
+            raise ValueError("each canary step must have exactly one of setWeight, pause, analysis")
+        return self
+
+
+class Canary(_Model):
+    steps: tuple[Step, ...] = Field(min_length=1)
+    analysis: Analysis | None = None
+
+
+class Strategy(_Model):
+    canary: Canary | None = None
+
+
+class FilterReleaseSpec(_Model):
+    selector: Selector | None = None
+    target_refs: tuple[TargetRef, ...] | None = None
+    phase: Phase = Phase.UNSPECIFIED
+    priority: int = Field(default=0, ge=-(2**31), le=2**31 - 1)
+    fail_strategy: FailStrategy = FailStrategy.FAIL_CLOSE
+    type: PluginType = PluginType.HTTP
+    match: tuple[TrafficMatch, ...] = ()
+    module: Module
+    plugin_config: dict[str, Any] | None = None
+    vm_config: VmConfig | None = None
+    progress_deadline_seconds: int = Field(default=600, ge=10, le=86400)
+    strategy: Strategy | None = None
+
+    @model_validator(mode="after")
+    def _one_target(self) -> FilterReleaseSpec:
+        if (self.selector is None) == (self.target_refs is None):
+            raise ValueError("exactly one of selector or targetRefs must be set")
+        return self
+
+
+class SpecError(BaseModel):
+    """Why a spec cannot be released, in sentences a person can act on."""
+
+    model_config = ConfigDict(frozen=True)
+    problems: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.problems)
+
+
+# Parts of the API that this operator version does not implement yet. The CRD rejects them too;
+# this check keeps an operator running against a looser CRD from ignoring them.
+NOT_IMPLEMENTED = {
+    ("strategy", "canary"): "spec.strategy.canary is not implemented yet by this version of "
+    "filterrelease: a release goes straight to every selected proxy; remove spec.strategy.canary",
+}
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{to_camel(str(part))}"
+    return path
+
+
+def parse_spec(raw: object) -> FilterReleaseSpec | SpecError:
+    """Parse a FilterRelease's spec, or say everything that is wrong with it."""
+    try:
+        spec = FilterReleaseSpec.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors(include_url=False):
+            loc = tuple(
+                p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function"))
+            )
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_location(loc)}: {msg}")
+        return SpecError(problems=tuple(problems))
+    if spec.strategy is not None and spec.strategy.canary is not None:
+        return SpecError(problems=(NOT_IMPLEMENTED[("strategy", "canary")],))
+    return spec

@@ -1,0 +1,111 @@
+"""kopf wiring only: each handler is a few lines that hand over to the Reconciler.
+
+The operator is level-triggered: every watch event of a FilterRelease, or of a WasmPlugin it owns,
+leads to one reconcile of that release, and a resync loop reconciles every release periodically.
+No kopf timer, create/update or delete handler is used: those make kopf add finalizers and
+annotations to the FilterRelease, which would block deletion while the operator is down and show
+up as drift in GitOps tools. Deletion needs no handler: the garbage collector removes the
+WasmPlugins through their ownerReference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from filterrelease.config import Settings
+from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
+from filterrelease.kube.api import ISTIO_GROUP, KubeApi, KubeError, load_api_client
+from filterrelease.reconcile import Reconciler
+from filterrelease.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
+    """Register the handlers on a registry of the caller's (no import-time registration)."""
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        configure_kopf(settings)
+        kube = KubeApi(load_api_client(), field_manager=config.field_manager)
+        metrics = Metrics()
+        if config.metrics_port:
+            metrics.serve(config.metrics_address, config.metrics_port)
+        memo.kube = kube
+        memo.reconciler = Reconciler(kube, metrics, _now)
+        memo.resync = asyncio.create_task(resync_forever(memo.reconciler, kube, config))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        memo.resync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await memo.resync
+        memo.kube.close()
+
+    @kopf.on.event(GROUP, "v1alpha1", "filterreleases", registry=registry)
+    async def release_event(
+        namespace: str | None, name: str, type: str, memo: kopf.Memo, **_: Any
+    ) -> None:
+        if namespace is None:  # FilterRelease is namespaced; kopf types this for all kinds
+            return
+        if type == "DELETED":
+            memo.reconciler.forget(namespace, name)
+            return
+        await reconcile_logged(memo.reconciler, namespace, name)
+
+    @kopf.on.event(
+        ISTIO_GROUP,
+        "v1alpha1",
+        "wasmplugins",
+        labels={LABEL_MANAGED_BY: MANAGED_BY},
+        registry=registry,
+    )
+    async def wasmplugin_event(
+        namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
+    ) -> None:
+        # A WasmPlugin we own changed or went away (someone edited or deleted it): put it back.
+        if namespace and (owner := labels.get(LABEL_RELEASE)):
+            await reconcile_logged(memo.reconciler, namespace, owner)
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    # We post our own Events (one per action); kopf would add one per log line.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    # Should kopf ever need to store progress, keep it out of the status we own.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+
+
+async def reconcile_logged(reconciler: Reconciler, namespace: str, name: str) -> None:
+    try:
+        await reconciler.reconcile(namespace, name)
+    except KubeError as err:
+        # The next watch event or resync retries; an API hiccup must not crash the operator.
+        log.warning("reconcile of %s/%s failed, will retry: %s", namespace, name, err)
+
+
+async def resync_forever(reconciler: Reconciler, kube: KubeApi, settings: Settings) -> None:
+    while True:
+        await asyncio.sleep(settings.resync_seconds)
+        for namespace in settings.namespaces or (None,):
+            try:
+                releases = await kube.list_releases(namespace)
+            except KubeError as err:
+                log.warning("resync: cannot list FilterReleases: %s", err)
+                continue
+            for body in releases:
+                meta = body["metadata"]
+                await reconcile_logged(reconciler, meta["namespace"], meta["name"])

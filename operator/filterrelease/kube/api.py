@@ -1,0 +1,197 @@
+"""Kubernetes API adapter: FilterReleases, WasmPlugins and Events.
+
+The official client is synchronous; every call runs in a worker thread (asyncio.to_thread) so a
+slow API server never freezes kopf's event loop. Errors come out as KubeError, so the shell above
+never needs the client's exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from filterrelease.core.render import API_VERSION, GROUP, KIND
+
+RELEASE_VERSION = "v1alpha1"
+RELEASE_PLURAL = "filterreleases"
+ISTIO_GROUP = "extensions.istio.io"
+ISTIO_VERSION = "v1alpha1"
+WASMPLUGIN_PLURAL = "wasmplugins"
+
+
+class KubeError(Exception):
+    """An API call failed. status is the HTTP status (0 when the server was not reached)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def retriable(self) -> bool:
+        # 4xx other than conflict/throttling means the request itself is wrong: retrying as is
+        # cannot help. Everything else (5xx, network) may pass on the next attempt.
+        return self.status == 0 or self.status in (409, 429) or self.status >= 500
+
+
+def _error(exc: Exception) -> KubeError:
+    if isinstance(exc, ApiException):
+        try:
+            message = json.loads(exc.body or "{}").get("message") or str(exc.reason)
+        except (ValueError, AttributeError):
+            message = str(exc.reason)
+        return KubeError(int(exc.status or 0), message)
+    return KubeError(0, f"{type(exc).__name__}: {exc}")
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        api_client: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
+        return api_client
+
+
+class KubeApi:
+    def __init__(self, api_client: client.ApiClient, field_manager: str) -> None:
+        self._client = api_client
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._field_manager = field_manager
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        def run() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (ApiException, OSError) as exc:
+                raise _error(exc) from exc
+            except Exception as exc:  # urllib3 wraps connection errors in its own types
+                if type(exc).__module__.startswith("urllib3"):
+                    raise _error(exc) from exc
+                raise
+
+        return await asyncio.to_thread(run)
+
+    # FilterReleases
+
+    async def get_release(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await self._call(
+                self._custom.get_namespaced_custom_object,
+                GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name,
+            )  # fmt: skip
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+        return body
+
+    async def list_releases(self, namespace: str | None) -> list[dict[str, Any]]:
+        if namespace:
+            found = await self._call(
+                self._custom.list_namespaced_custom_object,
+                GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL,
+            )  # fmt: skip
+        else:
+            found = await self._call(
+                self._custom.list_cluster_custom_object, GROUP, RELEASE_VERSION, RELEASE_PLURAL
+            )
+        return list(found.get("items", []))
+
+    async def patch_release_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        # A JSON merge patch of the status subresource: the spec, which belongs to the user or to
+        # GitOps, is never written by the operator.
+        await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name, {"status": status},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
+
+    # WasmPlugins
+
+    async def get_wasmplugin(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await self._call(
+                self._custom.get_namespaced_custom_object,
+                ISTIO_GROUP, ISTIO_VERSION, namespace, WASMPLUGIN_PLURAL, name,
+            )  # fmt: skip
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+        return body
+
+    async def apply_wasmplugin(
+        self, manifest: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Server-side apply: creates, or updates in place; never deletes and recreates.
+
+        force=True takes back fields someone else changed by hand: the FilterRelease is the
+        source of truth for its WasmPlugins.
+        """
+        meta = manifest["metadata"]
+        body: dict[str, Any] = await self._call(
+            self._custom.patch_namespaced_custom_object,
+            ISTIO_GROUP, ISTIO_VERSION, meta["namespace"], WASMPLUGIN_PLURAL, meta["name"],
+            manifest,
+            field_manager=self._field_manager, force=True, dry_run="All" if dry_run else None,
+            _content_type="application/apply-patch+yaml",
+        )  # fmt: skip
+        return body
+
+    # Events
+
+    async def emit_event(
+        self,
+        release: dict[str, Any],
+        *,
+        type_: str,
+        reason: str,
+        message: str,
+        now: datetime,
+    ) -> None:
+        meta = release["metadata"]
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": self._field_manager},
+            "reportingComponent": f"{GROUP}/{self._field_manager}",
+            "reportingInstance": self._field_manager,
+        }
+        await self._call(self._core.create_namespaced_event, meta["namespace"], event)

@@ -1,0 +1,51 @@
+"""The operator's own Prometheus metrics, on a registry of its own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from filterrelease.core.rollout import Phase
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.reconciles = Counter(
+            "filterrelease_reconcile_total",
+            "Reconciles of a FilterRelease, by what the state machine decided.",
+            ["trigger"],
+            registry=self.registry,
+        )
+        self.reconcile_errors = Counter(
+            "filterrelease_reconcile_errors_total",
+            "Reconciles that failed on an API error and will be retried.",
+            registry=self.registry,
+        )
+        self.reconcile_seconds = Histogram(
+            "filterrelease_reconcile_duration_seconds",
+            "Time to observe, decide and execute for one FilterRelease.",
+            registry=self.registry,
+        )
+        self.wasmplugin_writes = Counter(
+            "filterrelease_wasmplugin_writes_total",
+            "WasmPlugin writes, by outcome (created, updated, refused).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.phase = Gauge(
+            "filterrelease_release_phase",
+            "1 for the phase each FilterRelease is in, 0 for the others.",
+            ["namespace", "name", "phase"],
+            registry=self.registry,
+        )
+
+    def set_phase(self, namespace: str, name: str, phase: Phase) -> None:
+        for p in Phase:
+            self.phase.labels(namespace, name, p.value).set(1 if p == phase else 0)
+
+    def forget(self, namespace: str, name: str) -> None:
+        for p in Phase:
+            self.phase.remove(namespace, name, p.value)
+
+    def serve(self, address: str, port: int) -> None:
+        start_http_server(port, addr=address, registry=self.registry)

@@ -1,0 +1,91 @@
+"""Parsing a FilterRelease spec: every example parses, bad specs say what is wrong."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from filterrelease.core.spec import FilterReleaseSpec, SpecError, parse_spec
+from tests.unit.conftest import EXAMPLES
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_parses(path: Any) -> None:
+    spec = parse_spec(yaml.safe_load(path.read_text())["spec"])
+    assert isinstance(spec, FilterReleaseSpec), spec
+
+
+def test_defaults_follow_istio(security_headers: dict[str, Any]) -> None:
+    raw = copy.deepcopy(security_headers["spec"])
+    for key in ("phase", "priority", "failStrategy"):
+        raw.pop(key)
+    spec = parse_spec(raw)
+    assert isinstance(spec, FilterReleaseSpec)
+    assert (spec.phase.value, spec.priority, spec.fail_strategy.value, spec.type.value) == (
+        "UNSPECIFIED_PHASE",
+        0,
+        "FAIL_CLOSE",
+        "HTTP",
+    )
+
+
+def _with(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    spec = copy.deepcopy(base["spec"])
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        node = spec
+        for part in path:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return spec
+
+
+BAD = [
+    ({"selector": None}, "spec: exactly one of selector or targetRefs must be set"),
+    (
+        {"targetRefs": [{"kind": "Gateway", "name": "gw"}]},
+        "spec: exactly one of selector or targetRefs must be set",
+    ),
+    ({"selector__matchLabels": {}}, "spec.selector.matchLabels: Dictionary should have at least 1"),
+    ({"selector__matchLabels": {"filterrelease.dev/track": "canary"}}, "reserves it"),
+    ({"module__url": "ftp://x/y.wasm"}, "module.url must start with oci://, https:// or http://"),
+    ({"module__sha256": "ABC"}, "spec.module.sha256: String should match pattern"),
+    ({"priority": 2**31}, "spec.priority: Input should be less than or equal to 2147483647"),
+    ({"phase": "LATE"}, "spec.phase: Input should be 'UNSPECIFIED_PHASE', 'AUTHN'"),
+    ({"surprise": 1}, "spec.surprise: Extra inputs are not permitted"),
+    (
+        {"strategy": {"canary": {"steps": [{"setWeight": 10}]}}},
+        "spec.strategy.canary is not implemented yet",
+    ),
+    (
+        {"strategy": {"canary": {"steps": [{"setWeight": 10, "pause": {}}]}}},
+        "exactly one of setWeight, pause, analysis",
+    ),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), BAD, ids=[m for _, m in BAD])
+def test_bad_spec_is_reported_readably(
+    security_headers: dict[str, Any], changes: dict[str, Any], message: str
+) -> None:
+    result = parse_spec(_with(security_headers, **changes))
+    assert isinstance(result, SpecError)
+    assert message in result.message, result.message
+
+
+def test_all_problems_are_reported_at_once(security_headers: dict[str, Any]) -> None:
+    result = parse_spec(_with(security_headers, priority="high", phase="LATE"))
+    assert isinstance(result, SpecError)
+    assert [p.split(":")[0] for p in result.problems] == ["spec.phase", "spec.priority"]
+
+
+def test_missing_spec_is_an_error_not_a_crash() -> None:
+    result = parse_spec(None)
+    assert isinstance(result, SpecError)
+    assert "spec" in result.message

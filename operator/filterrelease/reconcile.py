@@ -68,7 +68,7 @@ class Reconciler:
         obs = await self._observe(body)
         decision = decide(obs)
         decision = await self._execute(body, obs, decision)
-        self._metrics.reconciles.labels(decision.trigger.value).inc()
+        self._metrics.reconciles.labels(namespace, name, decision.trigger.value).inc()
         self._metrics.set_phase(namespace, name, decision.phase)
         return decision
 

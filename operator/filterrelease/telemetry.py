@@ -12,8 +12,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         self.reconciles = Counter(
             "filterrelease_reconcile_total",
-            "Reconciles of a FilterRelease, by what the state machine decided.",
-            ["trigger"],
+            "Reconciles of each FilterRelease, by what the state machine decided.",
+            ["namespace", "name", "trigger"],
             registry=self.registry,
         )
         self.reconcile_errors = Counter(
@@ -46,6 +46,14 @@ class Metrics:
     def forget(self, namespace: str, name: str) -> None:
         for p in Phase:
             self.phase.remove(namespace, name, p.value)
+        triggers = {
+            sample.labels["trigger"]
+            for family in self.reconciles.collect()
+            for sample in family.samples
+            if (sample.labels.get("namespace"), sample.labels.get("name")) == (namespace, name)
+        }
+        for trigger in triggers:
+            self.reconciles.remove(namespace, name, trigger)
 
     def serve(self, address: str, port: int) -> None:
         start_http_server(port, addr=address, registry=self.registry)

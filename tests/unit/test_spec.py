@@ -33,7 +33,7 @@ def test_defaults_follow_istio(security_headers: dict[str, Any]) -> None:
 
 
 def _with(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    spec = copy.deepcopy(base["spec"])
+    spec: dict[str, Any] = copy.deepcopy(base["spec"])
     for dotted, value in changes.items():
         *path, last = dotted.split("__")
         node = spec

@@ -1,0 +1,15 @@
+# The operator image. Dependencies come from uv.lock, so the image runs exactly what was tested.
+FROM python:3.11-slim AS build
+RUN pip install --no-cache-dir uv
+WORKDIR /src
+COPY pyproject.toml uv.lock README.md ./
+COPY operator ./operator
+RUN uv sync --locked --no-dev --no-editable --compile-bytecode
+
+FROM python:3.11-slim
+COPY --from=build /src/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
+# A fixed non-root UID, so runAsNonRoot can be checked without a name lookup.
+USER 65532:65532
+EXPOSE 8080 9090
+ENTRYPOINT ["filterrelease"]

@@ -1,0 +1,74 @@
+# Two commands: `make demo` (the local cluster, the operator, an example release) and `make test`
+# (lint, types, layering, unit and integration tests on the real local control plane).
+# Needs: python3 (3.11+), go (1.26+; older ones fetch the toolchain from the module proxy).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(CURDIR)/.tools/bin/uv
+endif
+RUN := $(UV) run --locked
+
+.PHONY: help
+help:
+	@echo "make demo   build and start the local cluster, run the operator, release an example filter"
+	@echo "make test   lint, types, layering, unit and integration tests (real control plane)"
+	@echo "make lint | typecheck | unit | integration | testbed | fmt"
+
+$(CURDIR)/.tools/bin/uv:
+	@echo "== installing uv into .tools/ (no uv on PATH)"
+	python3 -m venv .tools && .tools/bin/pip install --quiet uv
+
+.PHONY: deps
+deps: $(UV)
+	@echo "== python dependencies (uv.lock)"
+	$(UV) sync --locked --quiet
+
+.PHONY: testbed
+testbed:
+	@echo "== local control plane binaries (testbed/build.sh; cached by go.sum)"
+	bash testbed/build.sh >/dev/null
+
+.PHONY: lint
+lint: deps
+	@echo "== ruff, import-linter, gofmt, go vet"
+	$(RUN) ruff check operator testbed tests
+	$(RUN) ruff format --check operator testbed tests
+	$(RUN) lint-imports
+	@test -z "$$(gofmt -l testbed)" || { gofmt -l testbed; echo "gofmt: files above need formatting"; exit 1; }
+	cd testbed && go vet ./...
+
+.PHONY: typecheck
+typecheck: deps
+	@echo "== mypy --strict"
+	$(RUN) mypy
+	$(RUN) mypy tests
+
+.PHONY: unit
+unit: deps
+	@echo "== unit tests (pure core)"
+	$(RUN) pytest tests/unit -q
+
+.PHONY: integration
+integration: deps testbed
+	@echo "== integration tests on the local control plane (one cluster per Istio CRD version)"
+	$(RUN) pytest tests/integration -q -m integration
+
+.PHONY: gotest
+gotest:
+	@echo "== go test (testbed)"
+	cd testbed && go test ./...
+
+.PHONY: test
+test: lint typecheck unit gotest integration
+
+.PHONY: demo
+demo: deps testbed
+	$(RUN) python -m localcluster.demo
+
+.PHONY: fmt
+fmt: deps
+	$(RUN) ruff format operator testbed tests
+	$(RUN) ruff check --fix operator testbed tests
+	gofmt -w testbed

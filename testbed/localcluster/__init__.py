@@ -1,0 +1,11 @@
+"""A local Kubernetes control plane with kwok-simulated nodes, for tests and the demo.
+
+with LocalCluster(tmp_path) as cluster:
+    cluster.kubectl("get", "nodes")
+"""
+
+from localcluster.binaries import ensure_binaries
+from localcluster.cluster import LocalCluster
+from localcluster.errors import ClusterStartError, KubectlError
+
+__all__ = ["ClusterStartError", "KubectlError", "LocalCluster", "ensure_binaries"]

@@ -1,0 +1,58 @@
+"""Installing what a real cluster would have: Istio's CRDs, and filterrelease's CRD and RBAC.
+
+Istio's CRDs are Istio's own files from ../shared/istio (never hand-written copies).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from localcluster.cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[2]
+ISTIO_CRD_FILES = {
+    "1.28.10": "wasmplugin-crd-1.28.10.yaml",
+    "1.30.3": "extensions-crds-1.30.3.yaml",
+}
+ISTIO_VERSIONS = tuple(ISTIO_CRD_FILES)
+DEFAULT_ISTIO_VERSION = "1.30.3"
+OPERATOR_NAMESPACE = "filterrelease-system"
+OPERATOR_SERVICEACCOUNT = "filterrelease-operator"
+
+
+def istio_crd_dir() -> Path:
+    """Where Istio's CRD files are: $FILTERRELEASE_ISTIO_CRDS, else shared/istio beside the repo."""
+    configured = os.environ.get("FILTERRELEASE_ISTIO_CRDS")
+    path = Path(configured) if configured else REPO.parent / "shared" / "istio"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"Istio's CRDs are not at {path}: set FILTERRELEASE_ISTIO_CRDS to the folder holding "
+            + ", ".join(ISTIO_CRD_FILES.values())
+        )
+    return path
+
+
+def install_istio_crds(cluster: LocalCluster, version: str) -> None:
+    path = istio_crd_dir() / ISTIO_CRD_FILES[version]
+    cluster.kubectl("apply", "--server-side", "-f", str(path))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/wasmplugins.extensions.istio.io",
+    )  # fmt: skip
+
+
+def install_filterrelease(cluster: LocalCluster) -> Path:
+    """The FilterRelease CRD, the operator's namespace and RBAC; returns the operator's kubeconfig.
+
+    The kubeconfig authenticates as the operator's ServiceAccount, so the operator runs with
+    exactly the permissions deploy/operator/rbac.yaml grants, as it would in a pod.
+    """
+    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/filterreleases.filterrelease.dev",
+    )  # fmt: skip
+    cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator" / "namespace.yaml"))
+    cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator" / "rbac.yaml"))
+    return cluster.serviceaccount_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT)

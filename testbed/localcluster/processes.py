@@ -1,0 +1,132 @@
+"""Child processes of the local cluster: started so that none can outlive us, stopped as a group.
+
+Three layers make sure no component is left behind:
+  * each child leads its own session/process group, so a stop signal reaches anything it forks;
+  * on Linux each child asks the kernel (PR_SET_PDEATHSIG) for SIGKILL when its parent dies,
+    which covers the case where Python itself is SIGKILLed and no cleanup code runs;
+  * LocalCluster registers an atexit hook that calls stop() on normal interpreter exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    # Resolve prctl in the parent: the preexec hook runs between fork and exec, where doing
+    # as little as possible (no dlopen) is the safe thing.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        # If the parent died between fork and prctl the signal will never come: exit now.
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
+
+
+class ManagedProcess:
+    """One running component, its process group and its log file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as log:
+            log.write(f"$ {' '.join(self.argv)}\n".encode())
+            log.flush()
+            # The child gets its own copy of the descriptor; ours is closed when the `with`
+            # ends, so no log file stays open in the parent for the life of the cluster.
+            # Note: PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, so
+            # start clusters from a thread that lives as long as the cluster (pytest: main).
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=_pdeathsig_preexec(),  # noqa: PLW1509 - needed for PDEATHSIG
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Signal the whole process group (the child is its leader: pgid == pid)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+    def wait(self, timeout: float) -> bool:
+        """Wait for the leader to exit; True if it did."""
+        try:
+            self.popen.wait(timeout=max(timeout, 0))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM the group, give it `grace` seconds, then SIGKILL the group. Never raises."""
+        try:
+            if self.alive():
+                self.signal_group(signal.SIGTERM)
+                if not self.wait(grace):
+                    self.signal_group(signal.SIGKILL)
+                    self.wait(5)
+            # Anything the leader forked and left in its group goes too.
+            self.signal_group(signal.SIGKILL)
+        except Exception as exc:  # stop must never raise; report and carry on
+            print(f"localcluster: stopping {self.name} failed: {exc!r}", file=sys.stderr)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(log {self.log_path} unreadable: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe_exit(self) -> str:
+        code = self.popen.poll()
+        if code is None:
+            return f"{self.name} (pid {self.pid}) is running"
+        return f"{self.name} (pid {self.pid}) exited with code {code}"
+
+
+def stop_in_reverse(processes: Sequence[ManagedProcess], grace: float) -> None:
+    """Stop components in reverse start order, so clients go before the servers they use."""
+    for proc in reversed(processes):
+        proc.stop(grace)
+
+
+def deadline_after(seconds: float) -> float:
+    return time.monotonic() + seconds

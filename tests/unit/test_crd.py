@@ -1,0 +1,65 @@
+"""The CRD file: explainable (descriptions everywhere) and in step with the operator's models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from filterrelease.core.spec import FilterReleaseSpec
+from filterrelease.core.status import FilterReleaseStatus
+
+CRD = Path(__file__).resolve().parents[2] / "crds" / "filterreleases.filterrelease.dev.yaml"
+
+
+def schema() -> dict[str, Any]:
+    crd = yaml.safe_load(CRD.read_text())
+    [version] = crd["spec"]["versions"]
+    root: dict[str, Any] = version["schema"]["openAPIV3Schema"]
+    return root
+
+
+def walk(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if "items" in node:
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_every_field_has_a_description() -> None:
+    missing = [
+        path
+        for path, node in walk(schema(), "")
+        if "description" not in node and path not in (".metadata",) and not path.endswith("{}")
+    ]
+    assert missing == []
+
+
+def _model_fields(model: type[BaseModel]) -> set[str]:
+    return {f.alias or n for n, f in model.model_fields.items()}
+
+
+def test_spec_fields_match_the_model() -> None:
+    props = set(schema()["properties"]["spec"]["properties"])
+    assert props == _model_fields(FilterReleaseSpec)
+
+
+def test_status_fields_match_the_model() -> None:
+    props = set(schema()["properties"]["status"]["properties"])
+    assert props == _model_fields(FilterReleaseStatus)
+
+
+def test_printer_columns_point_at_status_fields() -> None:
+    crd = yaml.safe_load(CRD.read_text())
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert [c["name"] for c in columns] == ["Phase", "Stable", "Canary", "Step", "Weight", "Age"]
+    status = schema()["properties"]["status"]["properties"]
+    for column in columns[:-1]:
+        top = column["jsonPath"].split(".")[2]
+        assert top in status, column

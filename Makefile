@@ -33,8 +33,8 @@ testbed:
 .PHONY: lint
 lint: deps
 	@echo "== ruff, import-linter, gofmt, go vet"
-	$(RUN) ruff check operator testbed tests
-	$(RUN) ruff format --check operator testbed tests
+	$(RUN) ruff check operator testbed tests docs
+	$(RUN) ruff format --check operator testbed tests docs
 	$(RUN) lint-imports
 	@test -z "$$(gofmt -l testbed)" || { gofmt -l testbed; echo "gofmt: files above need formatting"; exit 1; }
 	cd testbed && go vet ./...

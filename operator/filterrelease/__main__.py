@@ -15,6 +15,8 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # kopf logs every successful handler call at INFO: one line per watch event is noise.
+    logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     kopf.run(

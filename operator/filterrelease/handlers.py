@@ -35,6 +35,11 @@ def _now() -> datetime:
 def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
     """Register the handlers on a registry of the caller's (no import-time registration)."""
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials as the kube adapter: in-cluster ServiceAccount, else kubeconfig.
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings)
@@ -82,6 +87,9 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # We post our own Events (one per action); kopf would add one per log line.
     settings.posting.enabled = False
+    # kopf would watch all CRDs to notice resources appearing; ours are known in advance, and
+    # reading every CRD in the cluster is a permission the operator should not need.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Should kopf ever need to store progress, keep it out of the status we own.

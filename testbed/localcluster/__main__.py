@@ -77,7 +77,11 @@ def _raise_interrupt() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localcluster", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a cluster and keep it running until Ctrl-C")
     up.add_argument("--workdir", required=True, help="directory for logs, certs, etcd data")

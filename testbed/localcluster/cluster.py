@@ -324,7 +324,9 @@ class LocalCluster:
             "kwok /healthz",
             [kwok],
         )
-        self._await(self._all_nodes_ready, deadline, f"{self.nodes} nodes Ready", [kwok, kcm])
+        self._await(
+            self._all_nodes_ready, deadline, f"{self.nodes} nodes Ready and untainted", [kwok, kcm]
+        )
         self._smoke_test(deadline, [kcm, scheduler, kwok])
         self._log(f"cluster up in {_elapsed_since(t0)}: {self.server}")
 
@@ -465,19 +467,26 @@ class LocalCluster:
             return json.load(resp)
 
     def _all_nodes_ready(self) -> bool:
+        """All our nodes are Ready and carry no taint.
+
+        The node-lifecycle controller may taint a node `node.kubernetes.io/not-ready` in the
+        moment before kwok reports it Ready; it lifts the taint on the next node update, and
+        only then will the scheduler use that node.
+        """
         try:
             nodes = self._api_get("/api/v1/nodes")["items"]
         except OSError:
             return False
-        ready = [
+        usable = [
             n
             for n in nodes
-            if any(
+            if not n.get("spec", {}).get("taints")
+            and any(
                 c["type"] == "Ready" and c["status"] == "True"
                 for c in n.get("status", {}).get("conditions", [])
             )
         ]
-        return len(ready) >= self.nodes
+        return len(usable) >= self.nodes
 
     def _smoke_test(self, deadline: float, suspects: Sequence[ManagedProcess]) -> None:
         """Prove the whole chain: deployment -> replicaset -> pod -> scheduled -> Running+IP."""

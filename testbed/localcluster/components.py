@@ -136,6 +136,11 @@ def kube_controller_manager(bin_dir: Path, pki: Pki, ports: Ports, kubeconfig: P
         f"--cluster-signing-cert-file={pki.ca_cert}",
         f"--cluster-signing-key-file={pki.ca_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
+        # Client-side rate limits (default 20 qps, burst 30) pace the start-up, in which every
+        # controller creates its ServiceAccount and requests a token; a loopback apiserver
+        # serving one test run can take far more.
+        "--kube-api-qps=200",
+        "--kube-api-burst=400",
         "--v=1",
     ]
 

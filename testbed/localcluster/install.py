@@ -48,7 +48,7 @@ def install_filterrelease(cluster: LocalCluster) -> Path:
     The kubeconfig authenticates as the operator's ServiceAccount, so the operator runs with
     exactly the permissions deploy/operator/rbac.yaml grants, as it would in a pod.
     """
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cluster.kubectl("apply", "--server-side", "-k", str(REPO / "crds"))
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s",
         "crd/filterreleases.filterrelease.dev",

@@ -65,10 +65,10 @@ class OperatorProcess:
     def metrics(self) -> str:
         return self._get(f"http://127.0.0.1:{self.metrics_port}/metrics") or ""
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, metric: str, /, **labels: str) -> float:
         """The value of one sample of the operator's metrics, 0 when absent."""
         want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        head = f"{name}{{{want}}}" if labels else name
+        head = f"{metric}{{{want}}}" if labels else metric
         for line in self.metrics().splitlines():
             if line.startswith(head + " "):
                 return float(line.rsplit(" ", 1)[1])

@@ -104,10 +104,6 @@ class CertificateAuthority:
     def pair(self) -> CertKey:
         return CertKey(self._cert.public_bytes(serialization.Encoding.PEM), _key_pem(self._key))
 
-    @property
-    def cert_pem(self) -> bytes:
-        return self._cert.public_bytes(serialization.Encoding.PEM)
-
     def issue(
         self,
         common_name: str,

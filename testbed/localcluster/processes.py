@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -126,7 +125,3 @@ def stop_in_reverse(processes: Sequence[ManagedProcess], grace: float) -> None:
     """Stop components in reverse start order, so clients go before the servers they use."""
     for proc in reversed(processes):
         proc.stop(grace)
-
-
-def deadline_after(seconds: float) -> float:
-    return time.monotonic() + seconds

@@ -63,3 +63,14 @@ def test_printer_columns_point_at_status_fields() -> None:
     for column in columns[:-1]:
         top = column["jsonPath"].split(".")[2]
         assert top in status, column
+
+
+def test_reference_doc_is_generated_from_the_current_crd() -> None:
+    import subprocess
+    import sys
+
+    script = CRD.parents[1] / "docs" / "gen_crd_reference.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

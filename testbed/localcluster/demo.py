@@ -1,0 +1,178 @@
+"""`make demo`: the local cluster, the operator under its own RBAC, and the security-headers
+example released, updated in place, guarded against a bad spec, and garbage-collected.
+
+Run: uv run python -m localcluster.demo [--keep] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from localcluster.cluster import LocalCluster
+from localcluster.install import (
+    DEFAULT_ISTIO_VERSION,
+    REPO,
+    install_filterrelease,
+    install_istio_crds,
+)
+from localcluster.operator_process import OperatorProcess
+
+NS = "shop"
+EXAMPLE = REPO / "deploy" / "examples" / "security-headers.yaml"
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def show(cluster: LocalCluster, *args: str) -> str:
+    print(f"$ kubectl {' '.join(args)}", flush=True)
+    out = cluster.kubectl(*args, check=False)
+    text = (out.stdout + out.stderr).rstrip()
+    print("  " + text.replace("\n", "\n  "), flush=True)
+    return text
+
+
+def frontend() -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "frontend", "namespace": NS},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "frontend"}},
+            "template": {
+                "metadata": {"labels": {"app": "frontend"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.local/frontend:1"}]},
+            },
+        },
+    }
+
+
+def release_json(cluster: LocalCluster) -> Any:
+    out = cluster.kubectl("get", "frel", "security-headers", "-n", NS, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else None
+
+
+def wait_ready(cluster: LocalCluster, generation: int) -> None:
+    def ready() -> bool:
+        body = release_json(cluster)
+        if not body or body.get("status", {}).get("observedGeneration") != generation:
+            return False
+        conds = {c["type"]: c["status"] for c in body["status"].get("conditions", [])}
+        return conds.get("Ready") == "True"
+
+    t0 = time.monotonic()
+    cluster.wait_for(ready, timeout=60, what="the release to be Ready")
+    print(f"  (Ready after {time.monotonic() - t0:.1f}s)")
+
+
+def run(workdir: Path, keep: bool) -> None:
+    say(f"Starting the local control plane in {workdir} (binaries built from Go modules)")
+    shutil.rmtree(workdir, ignore_errors=True)
+    with LocalCluster(workdir) as cluster:
+        say(f"Installing Istio {DEFAULT_ISTIO_VERSION}'s CRDs, the FilterRelease CRD and RBAC")
+        install_istio_crds(cluster, DEFAULT_ISTIO_VERSION)
+        kubeconfig = install_filterrelease(cluster)
+        say("Starting the operator as ServiceAccount filterrelease-system/filterrelease-operator")
+        with OperatorProcess(kubeconfig, workdir / "logs" / "operator.log") as operator:
+            print(f"  pid {operator.pid}, log {operator.log_path}")
+            demo_steps(cluster)
+            if keep:
+                say("Cluster and operator keep running; Ctrl-C stops everything")
+                print(f"  export KUBECONFIG={cluster.admin_kubeconfig}")
+                print(f"  alias kubectl={cluster.bin_dir / 'kubectl'}")
+                signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        say("Stopping the operator and the cluster")
+    print("Done: every process the demo started has been stopped.")
+
+
+def demo_steps(cluster: LocalCluster) -> None:
+    say("A workload: namespace shop, Deployment frontend (3 pods on kwok nodes)")
+    cluster.kubectl("create", "namespace", NS)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(frontend()))
+    cluster.kubectl("rollout", "status", "deployment/frontend", "-n", NS, "--timeout=60s")
+    show(cluster, "get", "pods", "-n", NS, "-o", "wide")
+
+    say(f"Release v1.1.0: kubectl apply -f {EXAMPLE.relative_to(REPO)}")
+    print("  " + EXAMPLE.read_text().replace("\n", "\n  "))
+    show(cluster, "apply", "-f", str(EXAMPLE))
+    wait_ready(cluster, generation=1)
+    show(cluster, "get", "frel", "-n", NS)
+    say("The WasmPlugin the operator rendered (owned by the release, explicit priority)")
+    show(cluster, "get", "wasmplugin", "security-headers", "-n", NS, "-o", "yaml")
+    say("The release's status: versions applied and last known good, conditions")
+    body = release_json(cluster)
+    print("  " + yaml.safe_dump(body["status"], sort_keys=False).replace("\n", "\n  "))
+
+    say("Release v1.2.0 with a new frame_options: the WasmPlugin is updated in place")
+    uid = cluster.kubectl(
+        "get", "wasmplugin", "security-headers", "-n", NS, "-o", "jsonpath={.metadata.uid}"
+    ).stdout
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    manifest["spec"]["module"]["url"] = manifest["spec"]["module"]["url"].replace(
+        "v1.1.0", "v1.2.0"
+    )
+    manifest["spec"]["pluginConfig"]["frame_options"] = "SAMEORIGIN"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_ready(cluster, generation=2)
+    show(cluster, "get", "frel", "-n", NS)
+    after = cluster.kubectl(
+        "get", "wasmplugin", "security-headers", "-n", NS, "-o", "jsonpath={.metadata.uid}"
+    ).stdout
+    verdict = "same object" if uid == after else "RECREATED"
+    print(f"  WasmPlugin uid before {uid}, after {after}: {verdict}")
+
+    say("A bad spec (ftp:// module URL) is refused by the API server; nothing changes")
+    bad = json.loads(json.dumps(manifest))
+    bad["spec"]["module"]["url"] = "ftp://files.local/security-headers.wasm"
+    result = cluster.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
+    print("  " + result.stderr.strip().replace("\n", "\n  "))
+    show(cluster, "get", "wasmplugin", "security-headers", "-n", NS,
+         "-o", "jsonpath={.spec.url}{'\\n'}")  # fmt: skip
+
+    say("Events the operator recorded")
+    show(cluster, "get", "events", "-n", NS, "--field-selector",
+         "involvedObject.kind=FilterRelease", "--sort-by=.lastTimestamp")  # fmt: skip
+
+    say("Deleting the release: the garbage collector removes its WasmPlugin")
+    cluster.kubectl("delete", "frel", "security-headers", "-n", NS)
+    cluster.wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "wasmplugin", "security-headers", "-n", NS, check=False
+            ).returncode
+            != 0
+        ),
+        timeout=30,
+        what="garbage collection of the WasmPlugin",
+    )
+    show(cluster, "get", "wasmplugins", "-n", NS)
+    say("Look for yourself (run the demo with --keep to keep the cluster):")
+    print(f"  KUBECONFIG={cluster.admin_kubeconfig} {cluster.bin_dir / 'kubectl'} get frel -A")
+    print("  kubectl explain filterrelease.spec.module")
+    print("  kubectl describe frel -n shop security-headers")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=REPO / ".localcluster" / "demo")
+    parser.add_argument("--keep", action="store_true", help="keep running until Ctrl-C")
+    args = parser.parse_args()
+    try:
+        run(args.workdir.resolve(), args.keep)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

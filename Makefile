@@ -65,7 +65,7 @@ test: lint typecheck unit gotest integration
 
 .PHONY: demo
 demo: deps testbed
-	$(RUN) python -m localcluster.demo
+	PYTHONPATH=testbed $(RUN) python -m localcluster.demo $(DEMO_ARGS)
 
 .PHONY: fmt
 fmt: deps

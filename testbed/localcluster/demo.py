@@ -138,7 +138,7 @@ def demo_steps(cluster: LocalCluster) -> None:
     result = cluster.kubectl("apply", "-f", "-", input=json.dumps(bad), check=False)
     print("  " + result.stderr.strip().replace("\n", "\n  "))
     show(cluster, "get", "wasmplugin", "security-headers", "-n", NS,
-         "-o", "jsonpath={.spec.url}{'\\n'}")  # fmt: skip
+         "-o", "jsonpath={.spec.url}")  # fmt: skip
 
     say("Events the operator recorded")
     show(cluster, "get", "events", "-n", NS, "--field-selector",

@@ -7,7 +7,6 @@ nodes turn Ready, pods turn Running with an IP, Job pods complete, deleted pods 
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 # Nodes kwok manages carry this annotation; kwok runs with
@@ -271,7 +270,6 @@ def node_manifest(name: str, index: int) -> dict[str, Any]:
     }
 
 
-def nodes_manifest(count: int) -> str:
-    """All fake nodes as one List, for a single `kubectl create -f -`."""
-    items = [node_manifest(f"kwok-node-{i}", i) for i in range(count)]
-    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+def node_manifests(count: int) -> list[dict[str, Any]]:
+    """The fake nodes kwok-node-0..count-1."""
+    return [node_manifest(f"kwok-node-{i}", i) for i in range(count)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,9 +68,6 @@ def test_printer_columns_point_at_status_fields() -> None:
 
 
 def test_reference_doc_is_generated_from_the_current_crd() -> None:
-    import subprocess
-    import sys
-
     script = CRD.parents[1] / "docs" / "gen_crd_reference.py"
     result = subprocess.run(
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False

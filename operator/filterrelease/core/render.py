@@ -56,34 +56,37 @@ def version_label(url: str, sha256: str | None) -> str:
     return "sha256:" + sha256[:12] if sha256 else last
 
 
-def _drop_none(value: dict[str, Any]) -> dict[str, Any]:
+def _drop_empty(value: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in value.items() if v is not None and v not in ([], {})}
+
+
+def _json(model: BaseModel) -> Any:
+    # mode="json" turns tuples into lists: the rendered spec is compared with what the API server
+    # returns, and a tuple never equals a list.
+    return model.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def render_spec(spec: FilterReleaseSpec) -> dict[str, Any]:
     """The WasmPlugin spec for one version of the filter."""
     module = spec.module
-    out: dict[str, Any] = {
-        "selector": {"matchLabels": dict(spec.selector.match_labels)} if spec.selector else None,
-        "targetRefs": [_drop_none(r.model_dump(by_alias=True, mode="json")) for r in spec.target_refs]
-        if spec.target_refs
-        else None,
-        "url": module.url,
-        "sha256": module.sha256,
-        "imagePullPolicy": module.image_pull_policy,
-        "imagePullSecret": module.image_pull_secret,
-        "pluginName": module.plugin_name,
-        "phase": spec.phase.value,
-        "priority": spec.priority,
-        "failStrategy": spec.fail_strategy.value,
-        "type": spec.type.value,
-        "match": [m.model_dump(by_alias=True, exclude_none=True, mode="json") for m in spec.match] or None,
-        "pluginConfig": spec.plugin_config,
-        "vmConfig": spec.vm_config.model_dump(by_alias=True, exclude_none=True, mode="json")
-        if spec.vm_config and spec.vm_config.env
-        else None,
-    }
-    rendered = _drop_none(out)
+    rendered = _drop_empty(
+        {
+            "selector": _json(spec.selector) if spec.selector else None,
+            "targetRefs": [_json(r) for r in spec.target_refs or ()],
+            "url": module.url,
+            "sha256": module.sha256,
+            "imagePullPolicy": module.image_pull_policy,
+            "imagePullSecret": module.image_pull_secret,
+            "pluginName": module.plugin_name,
+            "phase": spec.phase.value,
+            "priority": spec.priority,
+            "failStrategy": spec.fail_strategy.value,
+            "type": spec.type.value,
+            "match": [_json(m) for m in spec.match],
+            "pluginConfig": spec.plugin_config,
+            "vmConfig": _json(spec.vm_config) if spec.vm_config and spec.vm_config.env else None,
+        }
+    )
     # An empty pluginConfig object is meaningful to some plugins; keep it when the user wrote it.
     if spec.plugin_config == {}:
         rendered["pluginConfig"] = {}

@@ -33,8 +33,8 @@ testbed:
 .PHONY: lint
 lint: deps
 	@echo "== ruff, import-linter, gofmt, go vet"
-	$(RUN) ruff check operator testbed tests docs
-	$(RUN) ruff format --check operator testbed tests docs
+	$(RUN) ruff check operator testbed tests docs bench
+	$(RUN) ruff format --check operator testbed tests docs bench
 	$(RUN) lint-imports
 	@test -z "$$(gofmt -l testbed)" || { gofmt -l testbed; echo "gofmt: files above need formatting"; exit 1; }
 	cd testbed && go vet ./...
@@ -43,7 +43,7 @@ lint: deps
 typecheck: deps
 	@echo "== mypy --strict"
 	$(RUN) mypy
-	$(RUN) mypy tests
+	$(RUN) mypy tests bench docs
 
 .PHONY: unit
 unit: deps
@@ -72,3 +72,7 @@ fmt: deps
 	$(RUN) ruff format operator testbed tests
 	$(RUN) ruff check --fix operator testbed tests
 	gofmt -w testbed
+
+.PHONY: bench
+bench: deps testbed
+	PYTHONPATH=testbed $(RUN) python bench/release_latency.py

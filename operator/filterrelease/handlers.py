@@ -97,12 +97,25 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
 
 
-async def reconcile_logged(reconciler: Reconciler, namespace: str, name: str) -> None:
-    try:
-        await reconciler.reconcile(namespace, name)
-    except KubeError as err:
-        # The next watch event or resync retries; an API hiccup must not crash the operator.
-        log.warning("reconcile of %s/%s failed, will retry: %s", namespace, name, err)
+# Backoff for transient API errors (5xx, throttling, a webhook that is down); after the last
+# attempt the resync loop takes over.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+async def reconcile_logged(
+    reconciler: Reconciler, namespace: str, name: str, delays: tuple[float, ...] = RETRY_DELAYS
+) -> None:
+    for delay in (*delays, None):
+        try:
+            await reconciler.reconcile(namespace, name)
+            return
+        except KubeError as err:
+            # An API hiccup must never crash the operator or block other releases.
+            if not err.retriable or delay is None:
+                log.warning("reconcile of %s/%s failed: %s", namespace, name, err)
+                return
+            log.info("reconcile of %s/%s failed, retrying in %ss: %s", namespace, name, delay, err)
+            await asyncio.sleep(delay)
 
 
 async def resync_forever(reconciler: Reconciler, kube: KubeApi, settings: Settings) -> None:
@@ -116,4 +129,5 @@ async def resync_forever(reconciler: Reconciler, kube: KubeApi, settings: Settin
                 continue
             for body in releases:
                 meta = body["metadata"]
-                await reconcile_logged(reconciler, meta["namespace"], meta["name"])
+                # No backoff here: one failing release must not hold up the others' resync.
+                await reconcile_logged(reconciler, meta["namespace"], meta["name"], delays=())

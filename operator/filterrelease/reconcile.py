@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from filterrelease.core.actions import ApplyWasmPlugin, EmitEvent
 from filterrelease.core.render import ReleaseRef, stable_plugin_name
-from filterrelease.core.rollout import Decision, Observation, decide, write_failed
+from filterrelease.core.rollout import (
+    Decision,
+    Observation,
+    decide,
+    write_failed,
+    write_retrying,
+)
 from filterrelease.core.spec import parse_spec
 from filterrelease.core.status import FilterReleaseStatus
 from filterrelease.kube.api import KubeApi, KubeError
@@ -93,19 +99,22 @@ class Reconciler:
     async def _execute(
         self, body: dict[str, Any], obs: Observation, decision: Decision
     ) -> Decision:
+        retry: KubeError | None = None
         for action in decision.actions:
-            if isinstance(action, ApplyWasmPlugin):
-                try:
-                    await self._kube.apply_wasmplugin(action.manifest)
-                except KubeError as err:
-                    if err.retriable:
-                        raise  # transient: kopf/resync retries; nothing was half-written
+            if not isinstance(action, ApplyWasmPlugin):
+                continue
+            try:
+                await self._kube.apply_wasmplugin(action.manifest)
+            except KubeError as err:
+                # Nothing was written: the WasmPlugin still carries what it carried before.
+                if err.retriable:
+                    self._metrics.wasmplugin_writes.labels("retrying").inc()
+                    decision, retry = write_retrying(obs, decision, err.message), err
+                else:
                     self._metrics.wasmplugin_writes.labels("refused").inc()
                     decision = write_failed(obs, decision, err.message)
-                    break
-                self._metrics.wasmplugin_writes.labels(
-                    "created" if action.created else "updated"
-                ).inc()
+                break
+            self._metrics.wasmplugin_writes.labels("created" if action.created else "updated").inc()
         for action in decision.actions:
             if isinstance(action, EmitEvent):
                 await self._emit(body, action)
@@ -113,6 +122,8 @@ class Reconciler:
             await self._kube.patch_release_status(
                 obs.release.namespace, obs.release.name, decision.status.to_body()
             )
+        if retry is not None:
+            raise retry  # the caller retries with backoff
         return decision
 
     async def _emit(self, body: dict[str, Any], event: EmitEvent) -> None:

@@ -22,6 +22,7 @@ from filterrelease.core.rollout import (
     decide,
     transition,
     write_failed,
+    write_retrying,
 )
 from filterrelease.core.spec import FilterReleaseSpec, SpecError, parse_spec
 from filterrelease.core.status import ConditionType, FilterReleaseStatus
@@ -254,3 +255,65 @@ def test_decisions_reach_a_fixed_point(before: dict[str, Any], after: dict[str, 
     assert live is not None
     assert third.status.applied is not None
     assert live["spec"]["url"] == third.status.applied.url
+
+
+class TestTransientWriteFailure:
+    def setup(self, security_headers: dict[str, Any]) -> tuple[Observation, Decision]:
+        v1 = spec_of(security_headers["spec"])
+        first = decide(observe(v1))
+        raw = copy.deepcopy(security_headers["spec"])
+        raw["priority"] = 11
+        raw["progressDeadlineSeconds"] = 60
+        obs = observe(spec_of(raw), status=first.status, live=apply(first, None), generation=2)
+        return obs, decide(obs)
+
+    def test_is_progressing_and_keeps_last_good(self, security_headers: dict[str, Any]) -> None:
+        obs, decision = self.setup(security_headers)
+        d = write_retrying(obs, decision, "webhook down")
+        assert d.phase is Phase.PROGRESSING
+        assert cond(d.status, ConditionType.PROGRESSING) == ("True", "WriteRetrying")
+        assert cond(d.status, ConditionType.READY) == ("False", "WriteRetrying")
+        assert d.status.stable == obs.status.stable
+        assert d.status.applied == obs.status.applied
+        assert [(a.type, a.reason) for a in d.actions if isinstance(a, EmitEvent)] == [
+            ("Warning", "WriteRetrying")
+        ]
+
+    def test_deadline_counts_from_when_progressing_began(
+        self, security_headers: dict[str, Any]
+    ) -> None:
+        obs, decision = self.setup(security_headers)
+        first = write_retrying(obs, decision, "webhook down")
+        for seconds, expected in (
+            (30, Phase.PROGRESSING),
+            (60, Phase.PROGRESSING),
+            (61, Phase.DEGRADED),
+        ):
+            later = obs.model_copy(
+                update={"status": first.status, "now": obs.now + timedelta(seconds=seconds)}
+            )
+            d = write_retrying(later, decide(later), "webhook down")
+            assert d.phase is expected, seconds
+        assert cond(d.status, ConditionType.DEGRADED) == ("True", "ProgressDeadlineExceeded")
+        assert d.status.stable == obs.status.stable
+        # Still failing afterwards: it stays Degraded (no flapping back to Progressing), quietly.
+        after = obs.model_copy(update={"status": d.status, "now": obs.now + timedelta(minutes=5)})
+        again = write_retrying(after, decide(after), "webhook down")
+        assert again.phase is Phase.DEGRADED
+        assert again.actions == ()
+        assert again.status == d.status
+        # A new generation starts a new deadline.
+        newer = after.model_copy(
+            update={"release": after.release.model_copy(update={"generation": 3})}
+        )
+        assert write_retrying(newer, decide(newer), "webhook down").phase is Phase.PROGRESSING
+
+    def test_the_same_failure_again_posts_no_second_event(
+        self, security_headers: dict[str, Any]
+    ) -> None:
+        obs, decision = self.setup(security_headers)
+        first = write_retrying(obs, decision, "webhook down")
+        again_obs = obs.model_copy(update={"status": first.status})
+        again = write_retrying(again_obs, decide(again_obs), "webhook down")
+        assert again.actions == ()
+        assert again.status == first.status

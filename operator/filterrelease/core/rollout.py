@@ -8,7 +8,7 @@ its phases and triggers here.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -44,6 +44,8 @@ class Trigger(StrEnum):
     WRITE = "Write"  # the live WasmPlugin differs from the desired one
     IN_SYNC = "InSync"  # the live WasmPlugin is the desired one
     WRITE_FAILED = "WriteFailed"  # the API server refused our write
+    WRITE_RETRYING = "WriteRetrying"  # a write failed on something transient; retrying
+    DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # retrying for longer than the deadline
 
 
 _ALL = tuple(Phase)
@@ -54,6 +56,8 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     **{(p, Trigger.WRITE): Phase.HEALTHY for p in _ALL},
     **{(p, Trigger.IN_SYNC): Phase.HEALTHY for p in _ALL},
     **{(p, Trigger.WRITE_FAILED): Phase.DEGRADED for p in _ALL},
+    **{(p, Trigger.WRITE_RETRYING): Phase.PROGRESSING for p in _ALL},
+    **{(p, Trigger.DEADLINE_EXCEEDED): Phase.DEGRADED for p in _ALL},
 }
 
 
@@ -196,3 +200,50 @@ def write_failed(obs: Observation, decision: Decision, error: str) -> Decision:
     return _degraded(
         obs, Trigger.WRITE_FAILED, f"the API server refused WasmPlugin {failed.name}: {error}"
     )
+
+
+def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision:
+    """The decision to record when a write failed on something transient and will be retried.
+
+    The release stays Progressing (the proxies keep what they run) until the write lands, or
+    until it has been retrying for longer than spec.progressDeadlineSeconds, counted from when
+    Progressing turned True, after which it is Degraded with ProgressDeadlineExceeded.
+    """
+    if not isinstance(obs.spec, FilterReleaseSpec):
+        raise TypeError("only a decision made from a valid spec writes anything")
+    failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
+    deadline = obs.spec.progress_deadline_seconds
+    exceeded = _degraded(
+        obs,
+        Trigger.DEADLINE_EXCEEDED,
+        f"WasmPlugin {failed.name} could not be written within progressDeadlineSeconds "
+        f"({deadline}s): {error}",
+    )
+    degraded = obs.status.condition(ConditionType.DEGRADED)
+    if (
+        degraded is not None
+        and degraded.status == "True"
+        and degraded.reason == Trigger.DEADLINE_EXCEEDED
+        and degraded.observed_generation == obs.release.generation
+    ):
+        return exceeded  # stays Degraded until a write lands or the spec changes
+    progressing = obs.status.condition(ConditionType.PROGRESSING)
+    since = obs.now
+    if progressing is not None and progressing.status == "True":
+        since = datetime.strptime(progressing.last_transition_time, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=UTC
+        )
+    if (obs.now - since).total_seconds() > deadline:
+        return exceeded
+    trigger = Trigger.WRITE_RETRYING
+    phase = transition(_current_phase(obs.status), trigger)
+    message = (
+        f"retrying the write of WasmPlugin {failed.name}: {error}; {_keeps_running(obs.status)}"
+    )
+    status = _conditions(
+        obs, ready=False, progressing=True, degraded=False, reason=trigger.value, message=message
+    ).model_copy(update={"phase": phase.value, "message": message})
+    actions: tuple[Action, ...] = ()
+    if obs.status.message != message:
+        actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
+    return Decision(phase=phase, trigger=trigger, status=status, actions=actions)

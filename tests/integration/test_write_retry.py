@@ -1,0 +1,124 @@
+"""A WasmPlugin write that fails on something transient: here a validating webhook for
+WasmPlugins whose endpoint is down (as Istio's own validation webhook is while istiod restarts),
+so the real API server answers 500. The release is Progressing, then Degraded with
+ProgressDeadlineExceeded; the proxies keep the last good version throughout; and the release
+recovers on its own once the webhook is back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from localcluster import LocalCluster
+from localcluster.network import free_ports
+from tests.integration.conftest import apply_json
+from tests.integration.test_operator import (
+    TIMEOUT,
+    condition,
+    events,
+    example,
+    plugin,
+    release,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class WasmPluginWebhook:
+    """A validating webhook for WasmPlugins in one namespace, switched off and on."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.name = f"wasmplugin-validation-{namespace}"
+        [closed_port] = free_ports(1)  # nothing listens there
+        self.config = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": self.name},
+            "webhooks": [
+                {
+                    "name": "validation.wasmplugins.test.filterrelease.dev",
+                    "clientConfig": {"url": f"https://127.0.0.1:{closed_port}/validate"},
+                    "rules": [
+                        {
+                            "apiGroups": ["extensions.istio.io"],
+                            "apiVersions": ["*"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["wasmplugins"],
+                        }
+                    ],
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": namespace}
+                    },
+                    "failurePolicy": "Fail",
+                    "sideEffects": "None",
+                    "admissionReviewVersions": ["v1"],
+                    "timeoutSeconds": 2,
+                }
+            ],
+        }
+
+    def down(self) -> None:
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.config))
+
+    def up(self) -> None:
+        self.cluster.kubectl(
+            "delete", "validatingwebhookconfiguration", self.name, "--ignore-not-found"
+        )
+
+
+@pytest.fixture
+def webhook(istio_cluster: LocalCluster, namespace: str) -> Iterator[WasmPluginWebhook]:
+    hook = WasmPluginWebhook(istio_cluster, namespace)
+    try:
+        yield hook
+    finally:
+        hook.up()
+
+
+@pytest.mark.usefixtures("operator")
+def test_transient_write_failure_holds_then_recovers(
+    istio_cluster: LocalCluster, namespace: str, webhook: WasmPluginWebhook
+) -> None:
+    assert apply_json(istio_cluster, example(namespace)).returncode == 0
+    wait_ready(istio_cluster, namespace, "security-headers")
+    webhook.down()
+
+    v2 = example(namespace)
+    v2["spec"]["module"]["url"] = "oci://registry.local/filters/security-headers:v1.2.0"
+    v2["spec"]["progressDeadlineSeconds"] = 10
+    assert apply_json(istio_cluster, v2).returncode == 0
+
+    def reason(type_: str) -> str | None:
+        c = condition(release(istio_cluster, namespace, "security-headers"), type_)
+        return c["reason"] if c and c["status"] == "True" else None
+
+    istio_cluster.wait_for(
+        lambda: reason("Progressing") == "WriteRetrying", timeout=TIMEOUT, what="WriteRetrying"
+    )
+    body = release(istio_cluster, namespace, "security-headers")
+    assert body["status"]["phase"] == "Progressing"
+    assert "failed calling webhook" in body["status"]["message"]
+    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"].endswith(":v1.1.0")
+
+    istio_cluster.wait_for(
+        lambda: reason("Degraded") == "ProgressDeadlineExceeded",
+        timeout=TIMEOUT,
+        what="ProgressDeadlineExceeded after 10s",
+    )
+    body = release(istio_cluster, namespace, "security-headers")
+    assert body["status"]["phase"] == "Degraded"
+    assert body["status"]["stable"]["version"] == "v1.1.0"
+    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"].endswith(":v1.1.0")
+    reasons = [e[1] for e in events(istio_cluster, namespace, "security-headers")]
+    assert "WriteRetrying" in reasons
+    assert "ProgressDeadlineExceeded" in reasons
+
+    webhook.up()
+    body = wait_ready(istio_cluster, namespace, "security-headers", generation=2)
+    assert body["status"]["phase"] == "Healthy"
+    assert body["status"]["applied"]["version"] == "v1.2.0"
+    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"].endswith(":v1.2.0")

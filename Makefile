@@ -43,7 +43,7 @@ lint: deps
 typecheck: deps
 	@echo "== mypy --strict"
 	$(RUN) mypy
-	$(RUN) mypy tests bench docs
+	$(RUN) mypy tests bench docs testbed/hack
 
 .PHONY: unit
 unit: deps

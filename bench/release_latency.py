@@ -13,6 +13,7 @@ Run: make bench   (or PYTHONPATH=testbed uv run python bench/release_latency.py 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import threading
@@ -53,6 +54,11 @@ class PluginWatcher:
         self._thread.start()
 
     def _run(self, api: client.CustomObjectsApi, namespace: str) -> None:
+        # The stream breaks when the cluster stops at the end of the benchmark: that is its end.
+        with contextlib.suppress(Exception):
+            self._follow(api, namespace)
+
+    def _follow(self, api: client.CustomObjectsApi, namespace: str) -> None:
         for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
             api.list_namespaced_custom_object,
             "extensions.istio.io", "v1alpha1", namespace, "wasmplugins",

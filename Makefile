@@ -25,8 +25,15 @@ deps: $(UV)
 	@echo "== python dependencies (uv.lock)"
 	$(UV) sync --locked --quiet
 
+.PHONY: system-deps
+system-deps:
+	@command -v docker-registry >/dev/null || { \
+	  echo "== installing Debian's docker-registry (the local OCI registry)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-registry; \
+	  else echo "run: sudo apt-get install docker-registry"; exit 1; fi; }
+
 .PHONY: testbed
-testbed:
+testbed: system-deps
 	@echo "== local control plane binaries (testbed/build.sh; cached by go.sum)"
 	bash testbed/build.sh >/dev/null
 

@@ -23,6 +23,8 @@ class Settings(BaseModel):
     # kopf's liveness endpoint; empty turns it off.
     liveness_endpoint: str = "http://0.0.0.0:8080/healthz"
     field_manager: str = "filterrelease"
+    # Per request to an OCI registry or module URL during pre-flight.
+    registry_timeout_seconds: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
 
     @classmethod

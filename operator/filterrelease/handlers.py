@@ -22,6 +22,8 @@ import kopf
 from filterrelease.config import Settings
 from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
 from filterrelease.kube.api import ISTIO_GROUP, KubeApi, KubeError, load_api_client
+from filterrelease.preflight import Preflight
+from filterrelease.providers.registry import RegistryClient
 from filterrelease.reconcile import Reconciler
 from filterrelease.telemetry import Metrics
 
@@ -48,7 +50,9 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         if config.metrics_port:
             metrics.serve(config.metrics_address, config.metrics_port)
         memo.kube = kube
-        memo.reconciler = Reconciler(kube, metrics, _now)
+        registry = RegistryClient(timeout=config.registry_timeout_seconds)
+        preflight = Preflight(kube, registry, metrics)
+        memo.reconciler = Reconciler(kube, preflight, metrics, _now)
         memo.resync = asyncio.create_task(resync_forever(memo.reconciler, kube, config))
 
     @kopf.on.cleanup(registry=registry)

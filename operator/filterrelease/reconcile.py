@@ -23,9 +23,10 @@ from filterrelease.core.rollout import (
     write_failed,
     write_retrying,
 )
-from filterrelease.core.spec import parse_spec
+from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from filterrelease.core.status import FilterReleaseStatus
 from filterrelease.kube.api import KubeApi, KubeError
+from filterrelease.preflight import Preflight
 from filterrelease.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,15 @@ def _status(raw: object) -> FilterReleaseStatus:
 
 
 class Reconciler:
-    def __init__(self, kube: KubeApi, metrics: Metrics, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        kube: KubeApi,
+        preflight: Preflight,
+        metrics: Metrics,
+        clock: Callable[[], datetime],
+    ) -> None:
         self._kube = kube
+        self._preflight = preflight
         self._metrics = metrics
         self._clock = clock
         # One reconcile at a time per release: watch events and the resync loop may overlap.
@@ -88,11 +96,19 @@ class Reconciler:
         )
         live_name = stable_plugin_name(release)
         live = await self._kube.get_wasmplugin(release.namespace, live_name)
+        spec = parse_spec(body.get("spec"))
+        status = _status(body.get("status"))
+        module = None
+        if isinstance(spec, FilterReleaseSpec):
+            module = await self._preflight.verify(
+                release.namespace, spec.module, release.generation, status.module
+            )
         return Observation(
             release=release,
-            spec=parse_spec(body.get("spec")),
-            status=_status(body.get("status")),
+            spec=spec,
+            status=status,
             live_plugins={live_name: live} if live is not None else {},
+            module=module,
             now=self._clock(),
         )
 

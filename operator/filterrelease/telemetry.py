@@ -32,6 +32,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.module_fetches = Counter(
+            "filterrelease_module_fetches_total",
+            "Requests pre-flight made to registries and module URLs, by what was fetched.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.preflights = Counter(
+            "filterrelease_preflight_total",
+            "Module pre-flight verdicts, by result (Verified or the failure reason).",
+            ["result"],
+            registry=self.registry,
+        )
         self.phase = Gauge(
             "filterrelease_release_phase",
             "1 for the phase each FilterRelease is in, 0 for the others.",

@@ -7,5 +7,13 @@ with LocalCluster(tmp_path) as cluster:
 from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterStartError, KubectlError
+from localcluster.registry import Registry, RegistryError
 
-__all__ = ["ClusterStartError", "KubectlError", "LocalCluster", "ensure_binaries"]
+__all__ = [
+    "ClusterStartError",
+    "KubectlError",
+    "LocalCluster",
+    "Registry",
+    "RegistryError",
+    "ensure_binaries",
+]

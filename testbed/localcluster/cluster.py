@@ -32,6 +32,7 @@ from localcluster.kwok import STAGES_YAML, node_manifests
 from localcluster.network import LOOPBACK, client_tls, http_get, http_ok
 from localcluster.pki import CertificateAuthority, CertKey, write_service_account_keys
 from localcluster.processes import ManagedProcess, stop_in_reverse
+from localcluster.registry import Registry
 
 # Seconds a component gets to exit after SIGTERM before its group is SIGKILLed. The apiserver
 # drains in about a second; nothing here holds state worth a longer wait.
@@ -40,6 +41,9 @@ _SMOKE_NAMESPACE = "kube-system"
 _SMOKE_NAME = "testbed-smoke"
 _SMOKE_IMAGE = "registry.local/pause:1"
 _MAX_NODES = 256  # one /24 of 10.244.0.0/16 per node
+# Fixed credentials of the registry that requires basic auth: test data, not a secret.
+REGISTRY_USERNAME = "filterrelease"
+REGISTRY_PASSWORD = "testbed-registry-password"  # noqa: S105 - test data
 
 
 def _elapsed_since(t0: float) -> str:
@@ -50,7 +54,9 @@ class LocalCluster:
     """A throwaway Kubernetes control plane with `nodes` kwok-simulated nodes.
 
     Use as a context manager, or call start() and stop(). Everything lives under `workdir`:
-    logs/<component>.log, pki/, etcd/, kwok/, admin.kubeconfig.
+    logs/<component>.log, pki/, etcd/, kwok/, admin.kubeconfig, and with `registries` two OCI
+    registries on loopback (registry/, auth-registry/): an open one and one that requires basic
+    auth with `registry_credentials`.
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class LocalCluster:
         bin_dir: Path | None = None,
         nodes: int = 3,
         kwok_configs: Sequence[Path] = (),
+        registries: bool = True,
     ) -> None:
         """`kwok_configs` are extra kwok config files (e.g. ClusterLogs rules that serve pod
         logs from files), passed with --config after our stages; kwok reads them at start."""
@@ -69,6 +76,19 @@ class LocalCluster:
         self._bin_dir = Path(bin_dir).resolve() if bin_dir is not None else None
         self.nodes = nodes
         self.kwok_configs = [Path(c).resolve() for c in kwok_configs]
+        self._registries: dict[str, Registry] = {}
+        if registries:
+            for name, user, password in (
+                ("registry", None, None),
+                ("auth-registry", *self.registry_credentials),
+            ):
+                self._registries[name] = Registry(
+                    self.workdir / name,
+                    name=name,
+                    username=user,
+                    password=password,
+                    log_path=self.logs_dir / f"{name}.log",
+                )
         self._processes: list[ManagedProcess] = []
         self._server: str | None = None
         self._ports: components.Ports | None = None
@@ -109,6 +129,25 @@ class LocalCluster:
         if self._ports is None:
             raise RuntimeError("the cluster has not been started")
         return self._ports.kwok
+
+    @property
+    def registry(self) -> Registry:
+        """The open OCI registry (plain HTTP on loopback; push and pull without credentials)."""
+        return self._registry("registry")
+
+    @property
+    def auth_registry(self) -> Registry:
+        """The OCI registry that requires basic auth with `registry_credentials`."""
+        return self._registry("auth-registry")
+
+    @property
+    def registry_credentials(self) -> tuple[str, str]:
+        return (REGISTRY_USERNAME, REGISTRY_PASSWORD)
+
+    def _registry(self, name: str) -> Registry:
+        if name not in self._registries:
+            raise RuntimeError("this cluster was made with registries=False")
+        return self._registries[name]
 
     @property
     def pids(self) -> dict[str, int]:
@@ -266,6 +305,11 @@ class LocalCluster:
             pki.ca_cert, self._pki_dir / "admin.crt", self._pki_dir / "admin.key"
         )
 
+        # The registries need nothing else, so they warm up while the control plane starts.
+        registries: list[tuple[Registry, ManagedProcess]] = []
+        for registry in self._registries.values():
+            registries.append((registry, registry.spawn()))
+            self._processes.append(registries[-1][1])
         etcd = self._spawn("etcd", components.etcd(bin_dir, self.workdir / "etcd", ports))
         self._await(
             lambda: http_ok(f"http://{LOOPBACK}:{ports.etcd_client}/health"),
@@ -329,6 +373,8 @@ class LocalCluster:
             "kwok /healthz",
             [kwok],
         )
+        for registry, proc in registries:
+            self._await(registry.ready, deadline, f"{registry.name} /v2/", [proc])
         self._await(
             self._all_nodes_ready, deadline, f"{self.nodes} nodes Ready and untainted", [kwok, kcm]
         )
@@ -338,10 +384,11 @@ class LocalCluster:
     def _prepare_workdir(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # A reused workdir must not resurrect the objects of a cluster whose keys are gone.
-        for stale in ("etcd", "pki", "kwok", "kubectl-cache"):
+        for stale in ("etcd", "pki", "kwok", "kubectl-cache", *self._registries):
             shutil.rmtree(self.workdir / stale, ignore_errors=True)
         self.logs_dir.mkdir(exist_ok=True)
-        for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+        logs = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+        for name in (*logs, *self._registries):
             (self.logs_dir / f"{name}.log").unlink(missing_ok=True)
         (self.workdir / "etcd").mkdir(mode=0o700)
         (self.workdir / "kwok").mkdir()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from localcluster import LocalCluster
-from tests.integration.conftest import apply_json, get_json
+from tests.integration.conftest import Published, apply_json, get_json
 from tests.integration.test_operator import (
     TIMEOUT,
     condition,
@@ -47,14 +47,16 @@ def crd_without_canary_rule(istio_cluster: LocalCluster) -> Iterator[None]:
 
 @pytest.mark.usefixtures("operator", "crd_without_canary_rule")
 def test_unimplemented_canary_is_reported_and_the_plugin_kept(
-    istio_cluster: LocalCluster, namespace: str
+    istio_cluster: LocalCluster, namespace: str, published: Published
 ) -> None:
-    assert apply_json(istio_cluster, example(namespace)).returncode == 0
+    assert (
+        apply_json(istio_cluster, example(namespace, registry=published.registry)).returncode == 0
+    )
     wait_ready(istio_cluster, namespace, "security-headers")
     before = plugin(istio_cluster, namespace, "security-headers")
 
-    canary = example(namespace)
-    canary["spec"]["module"]["url"] = "oci://registry.local/filters/security-headers:v2.0.0"
+    canary = example(namespace, registry=published.registry)
+    canary["spec"]["module"]["url"] = published.url("v1.2.0")
     canary["spec"]["strategy"] = {"canary": {"steps": [{"setWeight": 10}, {"pause": {}}]}}
     # The API server may take a moment to use the loosened CRD: retry the apply until it does.
     istio_cluster.wait_for(

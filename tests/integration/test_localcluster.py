@@ -136,6 +136,8 @@ def test_stop_leaves_no_process_behind(cluster: LocalCluster) -> None:
         "kube-controller-manager",
         "kube-scheduler",
         "kwok",
+        "registry",
+        "auth-registry",
     }
     cluster.stop()
     cluster.stop()

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 import yaml
 
+from filterrelease.core.module import VerifiedModule
 from filterrelease.core.render import ReleaseRef, render_wasmplugin
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from localcluster import LocalCluster
 from localcluster.install import OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT
 from localcluster.operator_process import OperatorProcess
-from tests.integration.conftest import apply_json, get_json
+from tests.integration.conftest import Published, apply_json, get_json
 from tests.unit.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -21,8 +22,14 @@ pytestmark = pytest.mark.integration
 TIMEOUT = 30.0
 
 
-def example(namespace: str, name: str = "security-headers.yaml") -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "examples" / name).read_text())
+def example(
+    namespace: str, name: str = "security-headers.yaml", registry: str = "registry.local"
+) -> dict[str, Any]:
+    """An example from deploy/examples, in `namespace`, pulling from `registry`."""
+    text = (ROOT / "deploy" / "examples" / name).read_text()
+    doc: dict[str, Any] = yaml.safe_load(
+        text.replace("oci://registry.local/", f"oci://{registry}/")
+    )
     doc["metadata"]["namespace"] = namespace
     return doc
 
@@ -55,6 +62,7 @@ def wait_ready(cluster: LocalCluster, namespace: str, name: str, generation: int
 
 
 def expected_plugin(body: Any) -> dict[str, Any]:
+    """The WasmPlugin the release should have rendered, pinned to the module pre-flight verified."""
     spec = parse_spec(body["spec"])
     assert isinstance(spec, FilterReleaseSpec)
     meta = body["metadata"]
@@ -64,7 +72,9 @@ def expected_plugin(body: Any) -> dict[str, Any]:
         uid=meta["uid"],
         generation=meta["generation"],
     )
-    return render_wasmplugin(ref, spec)
+    module = body.get("status", {}).get("module")
+    verified = VerifiedModule.model_validate(module) if module else None
+    return render_wasmplugin(ref, spec, verified)
 
 
 def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, str, str]]:
@@ -77,9 +87,9 @@ def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, 
 @pytest.mark.usefixtures("operator")
 class TestLifecycle:
     def test_create_renders_the_exact_wasmplugin(
-        self, istio_cluster: LocalCluster, namespace: str
+        self, istio_cluster: LocalCluster, namespace: str, published: Published
     ) -> None:
-        manifest = example(namespace)
+        manifest = example(namespace, registry=published.registry)
         manifest["metadata"]["labels"] = {"app.kubernetes.io/instance": "shop-filters"}
         manifest["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id": "shop:x/y:z"}
         assert apply_json(istio_cluster, manifest).returncode == 0
@@ -97,13 +107,19 @@ class TestLifecycle:
         assert status["phase"] == "Healthy"
         assert status["applied"]["version"] == "v1.1.0"
         assert status["stable"] == status["applied"]
-        assert status["applied"]["url"] == "oci://registry.local/filters/security-headers:v1.1.0"
+        assert status["applied"]["url"] == published.pinned("v1.1.0")
+        assert status["applied"]["sourceUrl"] == published.url("v1.1.0")
+        assert live["spec"]["url"] == published.pinned("v1.1.0")
+        assert live["spec"]["sha256"] == published.digests["v1.1.0"].removeprefix("sha256:")
+        assert status["module"]["layout"] == "oci-wasm"
+        assert condition(body, "ModuleVerified")["status"] == "True"  # type: ignore[index]
         assert status["applied"]["pluginConfig"] == {"strict_mode": True, "frame_options": "DENY"}
         assert status["wasmPlugins"] == ["security-headers"]
         assert {c["type"]: c["status"] for c in status["conditions"]} == {
             "Ready": "True",
             "Progressing": "False",
             "Degraded": "False",
+            "ModuleVerified": "True",
         }
         assert ("Normal", "Created") in [
             e[:2] for e in events(istio_cluster, namespace, "security-headers")
@@ -116,14 +132,14 @@ class TestLifecycle:
         }
 
     def test_update_changes_the_wasmplugin_in_place(
-        self, istio_cluster: LocalCluster, namespace: str
+        self, istio_cluster: LocalCluster, namespace: str, published: Published
     ) -> None:
-        apply_json(istio_cluster, example(namespace))
+        apply_json(istio_cluster, example(namespace, registry=published.registry))
         first = wait_ready(istio_cluster, namespace, "security-headers")
         before = plugin(istio_cluster, namespace, "security-headers")
 
-        manifest = example(namespace)
-        manifest["spec"]["module"]["url"] = "oci://registry.local/filters/security-headers:v1.2.0"
+        manifest = example(namespace, registry=published.registry)
+        manifest["spec"]["module"]["url"] = published.url("v1.2.0")
         manifest["spec"]["pluginConfig"]["frame_options"] = "SAMEORIGIN"
         assert apply_json(istio_cluster, manifest).returncode == 0
         body = wait_ready(istio_cluster, namespace, "security-headers", generation=2)
@@ -145,9 +161,13 @@ class TestLifecycle:
         ]
 
     def test_resync_of_an_unchanged_release_writes_nothing(
-        self, istio_cluster: LocalCluster, namespace: str, operator: OperatorProcess
+        self,
+        istio_cluster: LocalCluster,
+        namespace: str,
+        operator: OperatorProcess,
+        published: Published,
     ) -> None:
-        apply_json(istio_cluster, example(namespace))
+        apply_json(istio_cluster, example(namespace, registry=published.registry))
         body = wait_ready(istio_cluster, namespace, "security-headers")
         wp = plugin(istio_cluster, namespace, "security-headers")
         labels = {"namespace": namespace, "name": "security-headers", "trigger": "InSync"}
@@ -163,9 +183,9 @@ class TestLifecycle:
         assert again["metadata"]["resourceVersion"] == body["metadata"]["resourceVersion"]
 
     def test_delete_garbage_collects_the_wasmplugin(
-        self, istio_cluster: LocalCluster, namespace: str
+        self, istio_cluster: LocalCluster, namespace: str, published: Published
     ) -> None:
-        apply_json(istio_cluster, example(namespace))
+        apply_json(istio_cluster, example(namespace, registry=published.registry))
         wait_ready(istio_cluster, namespace, "security-headers")
         istio_cluster.kubectl("delete", "filterrelease", "security-headers", "-n", namespace)
         istio_cluster.wait_for(
@@ -175,9 +195,9 @@ class TestLifecycle:
         )
 
     def test_a_hand_edit_of_the_wasmplugin_is_put_back(
-        self, istio_cluster: LocalCluster, namespace: str
+        self, istio_cluster: LocalCluster, namespace: str, published: Published
     ) -> None:
-        apply_json(istio_cluster, example(namespace))
+        apply_json(istio_cluster, example(namespace, registry=published.registry))
         wait_ready(istio_cluster, namespace, "security-headers")
         istio_cluster.kubectl(
             "patch", "wasmplugin", "security-headers", "-n", namespace,
@@ -190,7 +210,7 @@ class TestLifecycle:
         )
 
     def test_a_foreign_wasmplugin_of_the_same_name_is_left_alone(
-        self, istio_cluster: LocalCluster, namespace: str
+        self, istio_cluster: LocalCluster, namespace: str, published: Published
     ) -> None:
         foreign = {
             "apiVersion": "extensions.istio.io/v1alpha1",
@@ -199,7 +219,7 @@ class TestLifecycle:
             "spec": {"url": "oci://registry.local/someone/else:v9", "priority": 1},
         }
         assert apply_json(istio_cluster, foreign).returncode == 0
-        apply_json(istio_cluster, example(namespace))
+        apply_json(istio_cluster, example(namespace, registry=published.registry))
 
         def degraded() -> bool:
             c = condition(release(istio_cluster, namespace, "security-headers"), "Degraded")
@@ -253,17 +273,19 @@ def test_operator_permissions_are_least_privilege(istio_cluster: LocalCluster) -
     assert can("patch", "wasmplugins.extensions.istio.io")
     assert not can("update", "filterreleases.filterrelease.dev")  # the spec is the user's
     assert not can("delete", "wasmplugins.extensions.istio.io")  # the GC deletes them
+    assert can("get", "secrets")  # the pull secret a release names, for pre-flight
     assert not can("list", "secrets")
+    assert not can("watch", "secrets")
     assert not can("create", "pods")
 
 
 def test_kubectl_explain_and_printer_columns(
-    istio_cluster: LocalCluster, namespace: str, operator: OperatorProcess
+    istio_cluster: LocalCluster, namespace: str, operator: OperatorProcess, published: Published
 ) -> None:
     out = istio_cluster.kubectl("explain", "filterrelease.spec.module.sha256").stdout
     assert "manifest" in out
     assert "digest" in out
-    apply_json(istio_cluster, example(namespace))
+    apply_json(istio_cluster, example(namespace, registry=published.registry))
     wait_ready(istio_cluster, namespace, "security-headers")
     table = istio_cluster.kubectl("get", "frel", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "STEP", "WEIGHT", "AGE"]

@@ -13,7 +13,7 @@ import pytest
 
 from localcluster import LocalCluster
 from localcluster.network import free_ports
-from tests.integration.conftest import apply_json
+from tests.integration.conftest import Published, apply_json
 from tests.integration.test_operator import (
     TIMEOUT,
     condition,
@@ -81,14 +81,16 @@ def webhook(istio_cluster: LocalCluster, namespace: str) -> Iterator[WasmPluginW
 
 @pytest.mark.usefixtures("operator")
 def test_transient_write_failure_holds_then_recovers(
-    istio_cluster: LocalCluster, namespace: str, webhook: WasmPluginWebhook
+    istio_cluster: LocalCluster, namespace: str, webhook: WasmPluginWebhook, published: Published
 ) -> None:
-    assert apply_json(istio_cluster, example(namespace)).returncode == 0
+    assert (
+        apply_json(istio_cluster, example(namespace, registry=published.registry)).returncode == 0
+    )
     wait_ready(istio_cluster, namespace, "security-headers")
     webhook.down()
 
-    v2 = example(namespace)
-    v2["spec"]["module"]["url"] = "oci://registry.local/filters/security-headers:v1.2.0"
+    v2 = example(namespace, registry=published.registry)
+    v2["spec"]["module"]["url"] = published.url("v1.2.0")
     v2["spec"]["progressDeadlineSeconds"] = 10
     assert apply_json(istio_cluster, v2).returncode == 0
 
@@ -102,7 +104,9 @@ def test_transient_write_failure_holds_then_recovers(
     body = release(istio_cluster, namespace, "security-headers")
     assert body["status"]["phase"] == "Progressing"
     assert "failed calling webhook" in body["status"]["message"]
-    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"].endswith(":v1.1.0")
+    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"] == published.pinned(
+        "v1.1.0"
+    )
 
     istio_cluster.wait_for(
         lambda: reason("Degraded") == "ProgressDeadlineExceeded",
@@ -112,7 +116,9 @@ def test_transient_write_failure_holds_then_recovers(
     body = release(istio_cluster, namespace, "security-headers")
     assert body["status"]["phase"] == "Degraded"
     assert body["status"]["stable"]["version"] == "v1.1.0"
-    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"].endswith(":v1.1.0")
+    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"] == published.pinned(
+        "v1.1.0"
+    )
     reasons = [e[1] for e in events(istio_cluster, namespace, "security-headers")]
     assert "WriteRetrying" in reasons
     assert "ProgressDeadlineExceeded" in reasons
@@ -121,4 +127,6 @@ def test_transient_write_failure_holds_then_recovers(
     body = wait_ready(istio_cluster, namespace, "security-headers", generation=2)
     assert body["status"]["phase"] == "Healthy"
     assert body["status"]["applied"]["version"] == "v1.2.0"
-    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"].endswith(":v1.2.0")
+    assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"] == published.pinned(
+        "v1.2.0"
+    )

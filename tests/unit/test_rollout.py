@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filterrelease.core.actions import ApplyWasmPlugin, EmitEvent
+from filterrelease.core.module import ModuleFailure, Reason, VerifiedModule, reusable_resolution
 from filterrelease.core.render import ReleaseRef, render_wasmplugin
 from filterrelease.core.rollout import (
     TRANSITIONS,
@@ -24,7 +26,7 @@ from filterrelease.core.rollout import (
     write_failed,
     write_retrying,
 )
-from filterrelease.core.spec import FilterReleaseSpec, SpecError, parse_spec
+from filterrelease.core.spec import FilterReleaseSpec, Module, SpecError, parse_spec
 from filterrelease.core.status import ConditionType, FilterReleaseStatus
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -37,6 +39,23 @@ def spec_of(raw: dict[str, Any]) -> FilterReleaseSpec:
     return spec
 
 
+def verified(spec: FilterReleaseSpec, generation: int = 1) -> VerifiedModule:
+    """What pre-flight reports for a module: pinned to a digest derived from its URL."""
+    digest = hashlib.sha256(spec.module.url.encode()).hexdigest()
+    repo = spec.module.url.rsplit(":", 1)[0]
+    return VerifiedModule(
+        source_url=spec.module.url,
+        url=f"{repo}@sha256:{digest}",
+        sha256=digest,
+        layout="oci-wasm",
+        abi="proxy_abi_version_0_2_1",
+        generation=generation,
+    )
+
+
+_DEFAULT: Any = object()
+
+
 def observe(
     spec: FilterReleaseSpec | SpecError,
     *,
@@ -44,12 +63,16 @@ def observe(
     live: dict[str, Any] | None = None,
     now: datetime = T0,
     generation: int = 1,
+    module: VerifiedModule | ModuleFailure | None = _DEFAULT,
 ) -> Observation:
+    if module is _DEFAULT:
+        module = verified(spec, generation) if isinstance(spec, FilterReleaseSpec) else None
     return Observation(
         release=REF.model_copy(update={"generation": generation}),
         spec=spec,
         status=status or FilterReleaseStatus(),
         live_plugins={REF.name: live} if live else {},
+        module=module,
         now=now,
     )
 
@@ -88,7 +111,11 @@ def test_new_release_creates_its_wasmplugin(security_headers: dict[str, Any]) ->
     assert d.trigger is Trigger.WRITE
     assert d.phase is Phase.HEALTHY
     apply_ = [a for a in d.actions if isinstance(a, ApplyWasmPlugin)]
-    assert [a.manifest for a in apply_] == [render_wasmplugin(REF, spec)]
+    assert [a.manifest for a in apply_] == [render_wasmplugin(REF, spec, verified(spec))]
+    pinned = apply_[0].manifest["spec"]
+    assert pinned["url"] == verified(spec).url
+    assert "@sha256:" in pinned["url"]
+    assert pinned["sha256"] == verified(spec).sha256
     assert apply_[0].created
     events = [a for a in d.actions if isinstance(a, EmitEvent)]
     assert [(e.type, e.reason) for e in events] == [("Normal", "Created")]
@@ -98,6 +125,9 @@ def test_new_release_creates_its_wasmplugin(security_headers: dict[str, Any]) ->
     assert d.status.observed_generation == 1
     assert cond(d.status, ConditionType.READY) == ("True", "Released")
     assert cond(d.status, ConditionType.DEGRADED) == ("False", "Released")
+    assert cond(d.status, ConditionType.MODULE_VERIFIED) == ("True", "Verified")
+    assert d.status.module == verified(spec)
+    assert d.status.applied.source_url == spec.module.url
 
 
 def test_resync_of_an_applied_release_does_nothing(security_headers: dict[str, Any]) -> None:
@@ -317,3 +347,99 @@ class TestTransientWriteFailure:
         again = write_retrying(again_obs, decide(again_obs), "webhook down")
         assert again.actions == ()
         assert again.status == first.status
+
+
+class TestModulePreflight:
+    def released(self, security_headers: dict[str, Any]) -> tuple[Decision, dict[str, Any] | None]:
+        first = decide(observe(spec_of(security_headers["spec"])))
+        return first, apply(first, None)
+
+    def v2(self, security_headers: dict[str, Any]) -> FilterReleaseSpec:
+        raw = copy.deepcopy(security_headers["spec"])
+        raw["module"]["url"] = "oci://registry.local/filters/security-headers:v2.0.0"
+        return spec_of(raw)
+
+    @pytest.mark.parametrize(
+        "reason",
+        [r for r in Reason if r is not Reason.REGISTRY_UNAVAILABLE],
+    )
+    def test_a_rejected_module_is_never_rendered(
+        self, security_headers: dict[str, Any], reason: Reason
+    ) -> None:
+        first, live = self.released(security_headers)
+        failure = ModuleFailure(reason=reason, message="what to fix")
+        d = decide(
+            observe(
+                self.v2(security_headers),
+                status=first.status,
+                live=live,
+                generation=2,
+                module=failure,
+            )
+        )
+        assert d.phase is Phase.DEGRADED
+        assert not [a for a in d.actions if isinstance(a, ApplyWasmPlugin)]
+        assert cond(d.status, ConditionType.MODULE_VERIFIED) == ("False", reason.value)
+        assert cond(d.status, ConditionType.DEGRADED) == ("True", "ModuleRejected")
+        assert d.status.stable == first.status.stable
+        assert d.status.module == first.status.module
+        assert d.status.message is not None
+        assert "what to fix" in d.status.message
+        assert "keep version v1.1.0" in d.status.message
+
+    def test_an_unreachable_registry_holds_without_a_verdict(
+        self, security_headers: dict[str, Any]
+    ) -> None:
+        first, live = self.released(security_headers)
+        failure = ModuleFailure(reason=Reason.REGISTRY_UNAVAILABLE, message="connection refused")
+        d = decide(
+            observe(
+                self.v2(security_headers),
+                status=first.status,
+                live=live,
+                generation=2,
+                module=failure,
+            )
+        )
+        assert d.phase is Phase.PROGRESSING
+        assert not [a for a in d.actions if isinstance(a, ApplyWasmPlugin)]
+        assert cond(d.status, ConditionType.MODULE_VERIFIED) == ("Unknown", "RegistryUnavailable")
+        assert cond(d.status, ConditionType.DEGRADED) == ("False", "RegistryUnavailable")
+
+
+class TestResolutionReuse:
+    def module(self, **changes: Any) -> Module:
+        return Module.model_validate({"url": "oci://r.local/f/sec:v1", **changes})
+
+    def previous(self, **changes: Any) -> VerifiedModule:
+        base = {
+            "source_url": "oci://r.local/f/sec:v1",
+            "url": "oci://r.local/f/sec@sha256:" + "a" * 64,
+            "sha256": "a" * 64,
+            "layout": "oci-wasm",
+            "abi": "proxy_abi_version_0_2_1",
+            "generation": 1,
+        }
+        return VerifiedModule.model_validate({**base, **changes})
+
+    def test_same_source_stays_pinned_even_at_a_new_generation(self) -> None:
+        assert reusable_resolution(self.module(), 5, self.previous()) == self.previous()
+
+    @pytest.mark.parametrize(
+        ("module_changes", "generation"),
+        [
+            ({"url": "oci://r.local/f/sec:v2"}, 1),
+            ({"sha256": "b" * 64}, 1),
+            ({"imagePullSecret": "creds"}, 1),
+            ({"imagePullPolicy": "Always"}, 2),
+        ],
+        ids=["new-url", "other-sha256", "other-secret", "always-new-generation"],
+    )
+    def test_resolves_again_when(self, module_changes: dict[str, Any], generation: int) -> None:
+        assert (
+            reusable_resolution(self.module(**module_changes), generation, self.previous()) is None
+        )
+
+    def test_always_does_not_resolve_again_on_a_resync(self) -> None:
+        module = self.module(imagePullPolicy="Always")
+        assert reusable_resolution(module, 1, self.previous()) == self.previous()

@@ -22,6 +22,9 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from filterrelease.core.spec import Module
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -120,12 +123,17 @@ def choose_layer(manifest: dict[str, Any], media_type: str) -> LayerChoice:
     if len(layers) == 2 and wasm:
         return LayerChoice(layout="oci-wasm", digest=wasm[0]["digest"], tar_gz=False)
     kinds = ", ".join(str(layer.get("mediaType")) for layer in layers)
+    hint = (
+        " (a plain `oras push` of the .wasm makes such an image; push it as a Wasm artifact "
+        "or a compat image instead)"
+        if len(layers) == 1
+        else ""
+    )
     raise ModuleProblem(
         Reason.UNSUPPORTED_FORMAT,
         f"Istio accepts a Docker or OCI image whose last layer is a tar.gz holding "
         f"{PLUGIN_FILE}, or an OCI artifact with exactly two layers one of which is {WASM_LAYER}; "
-        f"this image has {len(layers)} layer(s): {kinds} (a plain `oras push` of the .wasm "
-        "produces this; push it as a Wasm artifact or compat image instead)",
+        f"this image has {len(layers)} layer(s): {kinds}{hint}",
     )
 
 
@@ -214,3 +222,46 @@ def check_wasm(module: bytes) -> str:
             f"({', '.join(ABI_EXPORTS)}): it was not built with a proxy-wasm SDK",
         )
     return abi[0]
+
+
+class VerifiedModule(BaseModel):
+    """A module that passed pre-flight, pinned: what the WasmPlugin will point at."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, alias_generator=to_camel)
+    source_url: str  # as written in the spec
+    url: str  # pinned: oci://host/repo@sha256:<manifest digest>, or the http(s) URL as is
+    sha256: str  # what Istio checks: manifest digest (oci) or module sha256 (http), hex
+    layout: str  # docker | oci-compat | oci-wasm | http
+    abi: str
+    pull_secret: str | None = None
+    generation: int | None = None  # the release generation it was resolved for
+
+
+class ModuleFailure(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    reason: Reason
+    message: str
+
+    @property
+    def transient(self) -> bool:
+        return self.reason is Reason.REGISTRY_UNAVAILABLE
+
+
+def reusable_resolution(
+    module: Module, generation: int, previous: VerifiedModule | None
+) -> VerifiedModule | None:
+    """The earlier resolution of the same module source, if the release must stay on it.
+
+    A tag is resolved once and the release stays pinned to that digest: a tag that moves in the
+    registry must not roll a new module out behind the user's back. imagePullPolicy Always asks
+    for a fresh resolution at every new generation of the release (never on a mere resync).
+    """
+    if previous is None or previous.source_url != module.url:
+        return None
+    if module.sha256 and module.sha256 != previous.sha256:
+        return None
+    if module.image_pull_secret != previous.pull_secret:
+        return None
+    if module.image_pull_policy == "Always" and previous.generation != generation:
+        return None
+    return previous

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from filterrelease.core.module import VerifiedModule
 from filterrelease.core.spec import FilterReleaseSpec
 from filterrelease.core.status import ModuleVersion
 
@@ -66,15 +67,20 @@ def _json(model: BaseModel) -> Any:
     return model.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def render_spec(spec: FilterReleaseSpec) -> dict[str, Any]:
-    """The WasmPlugin spec for one version of the filter."""
+def render_spec(spec: FilterReleaseSpec, verified: VerifiedModule | None = None) -> dict[str, Any]:
+    """The WasmPlugin spec for one version of the filter.
+
+    With a verified module the URL is pinned to the digest pre-flight resolved and sha256 is set,
+    so every proxy fetches exactly the bytes that were checked. Without one (a spec rendered for
+    inspection, e.g. a server-side dry run of an example) the module is rendered as written.
+    """
     module = spec.module
     rendered = _drop_empty(
         {
             "selector": _json(spec.selector) if spec.selector else None,
             "targetRefs": [_json(r) for r in spec.target_refs or ()],
-            "url": module.url,
-            "sha256": module.sha256,
+            "url": verified.url if verified else module.url,
+            "sha256": verified.sha256 if verified else module.sha256,
             "imagePullPolicy": module.image_pull_policy,
             "imagePullSecret": module.image_pull_secret,
             "pluginName": module.plugin_name,
@@ -98,12 +104,16 @@ def config_hash(wasmplugin_spec: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def module_version(spec: FilterReleaseSpec, generation: int) -> ModuleVersion:
-    rendered = render_spec(spec)
+def module_version(
+    spec: FilterReleaseSpec, generation: int, verified: VerifiedModule | None = None
+) -> ModuleVersion:
+    rendered = render_spec(spec, verified)
+    sha256 = verified.sha256 if verified else spec.module.sha256
     return ModuleVersion(
-        version=version_label(spec.module.url, spec.module.sha256),
-        url=spec.module.url,
-        sha256=spec.module.sha256,
+        version=version_label(spec.module.url, sha256),
+        url=rendered["url"],
+        source_url=spec.module.url,
+        sha256=sha256,
         plugin_config=spec.plugin_config,
         config_hash=config_hash(rendered),
         generation=generation,
@@ -114,9 +124,11 @@ def stable_plugin_name(release: ReleaseRef) -> str:
     return release.name
 
 
-def render_wasmplugin(release: ReleaseRef, spec: FilterReleaseSpec) -> dict[str, Any]:
+def render_wasmplugin(
+    release: ReleaseRef, spec: FilterReleaseSpec, verified: VerifiedModule | None = None
+) -> dict[str, Any]:
     """The complete WasmPlugin manifest that carries the release to every selected proxy."""
-    rendered = render_spec(spec)
+    rendered = render_spec(spec, verified)
     return {
         "apiVersion": WASMPLUGIN_API_VERSION,
         "kind": "WasmPlugin",
@@ -129,7 +141,9 @@ def render_wasmplugin(release: ReleaseRef, spec: FilterReleaseSpec) -> dict[str,
                 LABEL_ROLE: "stable",
             },
             "annotations": {
-                ANNOTATION_VERSION: version_label(spec.module.url, spec.module.sha256),
+                ANNOTATION_VERSION: version_label(
+                    spec.module.url, verified.sha256 if verified else spec.module.sha256
+                ),
                 ANNOTATION_CONFIG_HASH: config_hash(rendered),
             },
             "ownerReferences": [

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from filterrelease.core.actions import Action, ApplyWasmPlugin, EmitEvent
+from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.render import (
     ReleaseRef,
     module_version,
@@ -24,6 +25,7 @@ from filterrelease.core.render import (
 )
 from filterrelease.core.spec import FilterReleaseSpec, SpecError
 from filterrelease.core.status import (
+    ConditionStatus,
     ConditionType,
     FilterReleaseStatus,
     set_condition,
@@ -45,6 +47,8 @@ class Trigger(StrEnum):
     IN_SYNC = "InSync"  # the live WasmPlugin is the desired one
     WRITE_FAILED = "WriteFailed"  # the API server refused our write
     WRITE_RETRYING = "WriteRetrying"  # a write failed on something transient; retrying
+    MODULE_REJECTED = "ModuleRejected"  # pre-flight found the module unusable
+    MODULE_UNAVAILABLE = "RegistryUnavailable"  # pre-flight could not reach the module; retrying
     DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # retrying for longer than the deadline
 
 
@@ -58,6 +62,8 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     **{(p, Trigger.WRITE_FAILED): Phase.DEGRADED for p in _ALL},
     **{(p, Trigger.WRITE_RETRYING): Phase.PROGRESSING for p in _ALL},
     **{(p, Trigger.DEADLINE_EXCEEDED): Phase.DEGRADED for p in _ALL},
+    **{(p, Trigger.MODULE_REJECTED): Phase.DEGRADED for p in _ALL},
+    **{(p, Trigger.MODULE_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
 }
 
 
@@ -70,6 +76,8 @@ class Observation(BaseModel):
     status: FilterReleaseStatus
     # Live WasmPlugins in the release's namespace whose name the release renders, by name.
     live_plugins: dict[str, dict[str, Any]]
+    # The module pre-flight's verdict; None only when the spec is invalid (nothing to check).
+    module: VerifiedModule | ModuleFailure | None = None
     now: datetime
 
 
@@ -126,12 +134,31 @@ def _keeps_running(status: FilterReleaseStatus) -> str:
     return "nothing was released yet"
 
 
-def _degraded(obs: Observation, trigger: Trigger, problem: str) -> Decision:
+def _module_condition(
+    status: FilterReleaseStatus, obs: Observation, flag: ConditionStatus, reason: str, message: str
+) -> FilterReleaseStatus:
+    conds = set_condition(
+        status.conditions,
+        ConditionType.MODULE_VERIFIED,
+        flag,
+        reason,
+        message,
+        now=obs.now,
+        generation=obs.release.generation,
+    )
+    return status.model_copy(update={"conditions": conds})
+
+
+def _degraded(
+    obs: Observation, trigger: Trigger, problem: str, module_reason: str | None = None
+) -> Decision:
     phase = transition(_current_phase(obs.status), trigger)
     message = f"{problem}; {_keeps_running(obs.status)}"
     status = _conditions(
         obs, ready=False, progressing=False, degraded=True, reason=trigger.value, message=message
     ).model_copy(update={"phase": phase.value, "message": message})
+    if module_reason is not None:
+        status = _module_condition(status, obs, "False", module_reason, problem)
     actions: tuple[Action, ...] = ()
     # One Event per new problem, not one per resync.
     if obs.status.message != message:
@@ -154,8 +181,19 @@ def decide(obs: Observation) -> Decision:
             "FilterRelease; rename the release or delete that WasmPlugin to let it take over",
         )
 
-    desired = render_wasmplugin(obs.release, obs.spec)
-    version = module_version(obs.spec, obs.release.generation)
+    module = obs.module
+    if module is None:
+        raise ValueError("a valid spec is decided on with the module pre-flight's verdict")
+    if isinstance(module, ModuleFailure):
+        problem = f"module {obs.spec.module.url} failed pre-flight ({module.reason}): "
+        if module.transient:
+            return _retrying(obs, Trigger.MODULE_UNAVAILABLE, problem + module.message)
+        return _degraded(
+            obs, Trigger.MODULE_REJECTED, problem + module.message, module_reason=module.reason
+        )
+
+    desired = render_wasmplugin(obs.release, obs.spec, module)
+    version = module_version(obs.spec, obs.release.generation, module)
     write = needs_write(desired, live)
     trigger = Trigger.WRITE if write else Trigger.IN_SYNC
     phase = transition(_current_phase(obs.status), trigger)
@@ -163,7 +201,11 @@ def decide(obs: Observation) -> Decision:
     status = _conditions(
         obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
     )
+    status = _module_condition(
+        status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
+    )
     update: dict[str, Any] = {
+        "module": module,
         "phase": phase.value,
         "message": message,
         "applied": version,
@@ -203,21 +245,25 @@ def write_failed(obs: Observation, decision: Decision, error: str) -> Decision:
 
 
 def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision:
-    """The decision to record when a write failed on something transient and will be retried.
-
-    The release stays Progressing (the proxies keep what they run) until the write lands, or
-    until it has been retrying for longer than spec.progressDeadlineSeconds, counted from when
-    Progressing turned True, after which it is Degraded with ProgressDeadlineExceeded.
-    """
-    if not isinstance(obs.spec, FilterReleaseSpec):
-        raise TypeError("only a decision made from a valid spec writes anything")
+    """The decision to record when a write failed on something transient and will be retried."""
     failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
+    return _retrying(
+        obs, Trigger.WRITE_RETRYING, f"retrying the write of WasmPlugin {failed.name}: {error}"
+    )
+
+
+def _retrying(obs: Observation, trigger: Trigger, problem: str) -> Decision:
+    """Hold on something transient: Progressing (the proxies keep what they run) until it passes,
+    or until it has lasted longer than spec.progressDeadlineSeconds, counted from when
+    Progressing turned True, after which the release is Degraded with ProgressDeadlineExceeded
+    and stays so (no flapping) until it passes or the spec changes."""
+    if not isinstance(obs.spec, FilterReleaseSpec):
+        raise TypeError("only a valid spec can be retried")
     deadline = obs.spec.progress_deadline_seconds
     exceeded = _degraded(
         obs,
         Trigger.DEADLINE_EXCEEDED,
-        f"WasmPlugin {failed.name} could not be written within progressDeadlineSeconds "
-        f"({deadline}s): {error}",
+        f"{problem} (for longer than progressDeadlineSeconds, {deadline}s)",
     )
     degraded = obs.status.condition(ConditionType.DEGRADED)
     if (
@@ -226,7 +272,7 @@ def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision
         and degraded.reason == Trigger.DEADLINE_EXCEEDED
         and degraded.observed_generation == obs.release.generation
     ):
-        return exceeded  # stays Degraded until a write lands or the spec changes
+        return exceeded
     progressing = obs.status.condition(ConditionType.PROGRESSING)
     since = obs.now
     if progressing is not None and progressing.status == "True":
@@ -235,14 +281,13 @@ def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision
         )
     if (obs.now - since).total_seconds() > deadline:
         return exceeded
-    trigger = Trigger.WRITE_RETRYING
     phase = transition(_current_phase(obs.status), trigger)
-    message = (
-        f"retrying the write of WasmPlugin {failed.name}: {error}; {_keeps_running(obs.status)}"
-    )
+    message = f"{problem}; {_keeps_running(obs.status)}"
     status = _conditions(
         obs, ready=False, progressing=True, degraded=False, reason=trigger.value, message=message
     ).model_copy(update={"phase": phase.value, "message": message})
+    if trigger is Trigger.MODULE_UNAVAILABLE:
+        status = _module_condition(status, obs, "Unknown", trigger.value, problem)
     actions: tuple[Action, ...] = ()
     if obs.status.message != message:
         actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)

@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from filterrelease.core.module import VerifiedModule
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -27,6 +29,7 @@ class ConditionType(StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    MODULE_VERIFIED = "ModuleVerified"
 
 
 class Condition(_Model):
@@ -42,7 +45,8 @@ class ModuleVersion(_Model):
     """One version of the filter: everything that makes two rendered WasmPlugins differ."""
 
     version: str
-    url: str
+    url: str  # as rendered into the WasmPlugin: pinned to a digest for oci://
+    source_url: str | None = None  # as written in the spec
     sha256: str | None = None
     plugin_config: dict[str, Any] | None = None
     config_hash: str
@@ -59,6 +63,8 @@ class FilterReleaseStatus(_Model):
     canary: ModuleVersion | None = None
     current_step: str | None = None
     canary_weight: int | None = None
+    # The last pre-flight resolution: a tag stays pinned to this digest until the spec changes.
+    module: VerifiedModule | None = None
     wasm_plugins: tuple[str, ...] = ()
     last_applied_time: str | None = None
 

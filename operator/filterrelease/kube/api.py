@@ -8,6 +8,7 @@ never needs the client's exception types.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from datetime import datetime
@@ -155,6 +156,19 @@ class KubeApi:
             _content_type="application/apply-patch+yaml",
         )  # fmt: skip
         return body
+
+    # Secrets
+
+    async def get_secret_data(self, namespace: str, name: str, key: str) -> bytes | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist."""
+        try:
+            secret = await self._call(self._core.read_namespaced_secret, name, namespace)
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+        value = (secret.data or {}).get(key)
+        return base64.b64decode(value) if value is not None else None
 
     # Events
 

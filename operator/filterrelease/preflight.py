@@ -1,0 +1,157 @@
+"""Module pre-flight: before a version reaches any WasmPlugin, prove Istio can fetch and load it.
+
+Resolve the reference to a manifest digest and pin it; check the image layout against Istio's
+rules; fetch the module and check it is a proxy-wasm binary; honour the pull secret. The rules are
+pure (core.module); this shell does the fetching. Verified digests are kept in memory, so a
+resync, or a second release of the same module, does not download it again; the resolution of a
+tag is kept in the release's status, so resyncs do not even ask the registry what it points at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from filterrelease.core.module import (
+    ModuleFailure,
+    ModuleProblem,
+    Reason,
+    VerifiedModule,
+    check_digest,
+    check_wasm,
+    choose_layer,
+    extract_plugin,
+    parse_oci,
+    reusable_resolution,
+    sha256_hex,
+)
+from filterrelease.core.spec import Module
+from filterrelease.kube.api import KubeApi, KubeError
+from filterrelease.providers.registry import (
+    MAX_MODULE_BYTES,
+    Credentials,
+    RegistryClient,
+    credentials_for,
+)
+from filterrelease.telemetry import Metrics
+
+DOCKERCONFIGJSON = ".dockerconfigjson"
+
+
+class Preflight:
+    def __init__(self, kube: KubeApi, registry: RegistryClient, metrics: Metrics) -> None:
+        self._kube = kube
+        self._registry = registry
+        self._metrics = metrics
+        # manifest digest (oci) or module sha256 (http) -> (layout, abi) of a verified module
+        self._verified: dict[str, tuple[str, str]] = {}
+
+    async def verify(
+        self,
+        namespace: str,
+        module: Module,
+        generation: int,
+        previous: VerifiedModule | None,
+    ) -> VerifiedModule | ModuleFailure:
+        """Verify the module of one release; transient registry trouble is a failure too,
+        with reason RegistryUnavailable, which the state machine treats as 'hold and retry'."""
+        reuse = reusable_resolution(module, generation, previous)
+        try:
+            if module.is_oci:
+                verified = await self._verify_oci(namespace, module, generation, reuse)
+            else:
+                verified = await self._verify_http(module, generation, reuse)
+        except ModuleProblem as problem:
+            self._metrics.preflights.labels(problem.reason.value).inc()
+            return ModuleFailure(reason=problem.reason, message=problem.message)
+        self._metrics.preflights.labels("Verified").inc()
+        return verified
+
+    async def _verify_oci(
+        self, namespace: str, module: Module, generation: int, reuse: VerifiedModule | None
+    ) -> VerifiedModule:
+        ref = parse_oci(module.url)
+        if reuse is not None:
+            ref = ref.model_copy(update={"digest": "sha256:" + reuse.sha256})
+        if ref.digest and ref.digest.removeprefix("sha256:") in self._verified:
+            digest = ref.digest  # pinned and verified before: nothing to ask the registry
+        else:
+            creds = await self._credentials(namespace, module, ref.registry)
+            self._metrics.module_fetches.labels("manifest").inc()
+            body, media_type, digest = await asyncio.to_thread(self._registry.manifest, ref, creds)
+            check_digest(module.sha256, digest.removeprefix("sha256:"), "image's manifest digest")
+            if digest.removeprefix("sha256:") not in self._verified:
+                manifest: dict[str, Any] = json.loads(body)
+                choice = choose_layer(manifest, media_type)
+                self._metrics.module_fetches.labels("blob").inc()
+                blob = await asyncio.to_thread(self._registry.blob, ref, choice.digest, creds)
+                abi = check_wasm(_bounded(extract_plugin(blob, choice)))
+                self._verified[digest.removeprefix("sha256:")] = (choice.layout, abi)
+        layout, abi = self._verified[digest.removeprefix("sha256:")]
+        return VerifiedModule(
+            source_url=module.url,
+            url=ref.pinned(digest),
+            sha256=digest.removeprefix("sha256:"),
+            layout=layout,
+            abi=abi,
+            pull_secret=module.image_pull_secret,
+            generation=reuse.generation if reuse else generation,
+        )
+
+    async def _verify_http(
+        self, module: Module, generation: int, reuse: VerifiedModule | None
+    ) -> VerifiedModule:
+        if reuse is not None and reuse.sha256 in self._verified:
+            return reuse
+        self._metrics.module_fetches.labels("download").inc()
+        data = _bounded(await asyncio.to_thread(self._registry.download, module.url))
+        sha = sha256_hex(data)
+        check_digest(module.sha256, sha, "module's sha256")
+        abi = check_wasm(data)
+        self._verified[sha] = ("http", abi)
+        # Rendering this sha256 makes Istio refuse the URL if its content ever changes.
+        return VerifiedModule(
+            source_url=module.url,
+            url=module.url,
+            sha256=sha,
+            layout="http",
+            abi=abi,
+            generation=generation,
+        )
+
+    async def _credentials(
+        self, namespace: str, module: Module, registry: str
+    ) -> Credentials | None:
+        name = module.image_pull_secret
+        if not name:
+            return None
+        try:
+            data = await self._kube.get_secret_data(namespace, name, DOCKERCONFIGJSON)
+        except KubeError as err:
+            if err.retriable:
+                raise ModuleProblem(Reason.REGISTRY_UNAVAILABLE, str(err)) from err
+            raise ModuleProblem(
+                Reason.UNAUTHORIZED, f"cannot read Secret {namespace}/{name}: {err.message}"
+            ) from err
+        if data is None:
+            raise ModuleProblem(
+                Reason.UNAUTHORIZED,
+                f"Secret {namespace}/{name} (spec.module.imagePullSecret) does not exist or has "
+                f"no {DOCKERCONFIGJSON} key",
+            )
+        creds = credentials_for(data, registry)
+        if creds is None:
+            raise ModuleProblem(
+                Reason.UNAUTHORIZED,
+                f"Secret {namespace}/{name} has no credentials for registry {registry}",
+            )
+        return creds
+
+
+def _bounded(module: bytes) -> bytes:
+    if len(module) > MAX_MODULE_BYTES:
+        raise ModuleProblem(
+            Reason.INVALID_MODULE, f"the module is larger than {MAX_MODULE_BYTES} bytes"
+        )
+    return module

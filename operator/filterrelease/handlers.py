@@ -111,15 +111,18 @@ async def reconcile_logged(
 ) -> None:
     for delay in (*delays, None):
         try:
-            await reconciler.reconcile(namespace, name)
-            return
+            decision = await reconciler.reconcile(namespace, name)
+            if decision is None or not decision.retry or delay is None:
+                return
+            reason = decision.trigger.value
         except KubeError as err:
             # An API hiccup must never crash the operator or block other releases.
             if not err.retriable or delay is None:
                 log.warning("reconcile of %s/%s failed: %s", namespace, name, err)
                 return
-            log.info("reconcile of %s/%s failed, retrying in %ss: %s", namespace, name, delay, err)
-            await asyncio.sleep(delay)
+            reason = str(err)
+        log.info("reconcile of %s/%s: retrying in %ss (%s)", namespace, name, delay, reason)
+        await asyncio.sleep(delay)
 
 
 async def resync_forever(reconciler: Reconciler, kube: KubeApi, settings: Settings) -> None:

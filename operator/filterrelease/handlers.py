@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -23,6 +24,8 @@ from filterrelease.config import Settings
 from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
 from filterrelease.kube.api import ISTIO_GROUP, KubeApi, KubeError, load_api_client
 from filterrelease.preflight import Preflight
+from filterrelease.providers.dryrun import EnvoyDryRun
+from filterrelease.providers.envoy import find_envoy
 from filterrelease.providers.registry import RegistryClient
 from filterrelease.reconcile import Reconciler
 from filterrelease.telemetry import Metrics
@@ -51,7 +54,7 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
             metrics.serve(config.metrics_address, config.metrics_port)
         memo.kube = kube
         registry = RegistryClient(timeout=config.registry_timeout_seconds)
-        preflight = Preflight(kube, registry, metrics)
+        preflight = Preflight(kube, registry, metrics, dry_run_for(config))
         memo.reconciler = Reconciler(kube, preflight, metrics, _now)
         memo.resync = asyncio.create_task(resync_forever(memo.reconciler, kube, config))
 
@@ -86,6 +89,18 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         # A WasmPlugin we own changed or went away (someone edited or deleted it): put it back.
         if namespace and (owner := labels.get(LABEL_RELEASE)):
             await reconcile_logged(memo.reconciler, namespace, owner)
+
+
+def dry_run_for(config: Settings) -> EnvoyDryRun | None:
+    if not config.dry_run:
+        return None
+    try:
+        envoy = Path(config.envoy_binary) if config.envoy_binary else find_envoy()
+    except FileNotFoundError:
+        log.warning("no Envoy binary: pre-flight will not load modules in Envoy (dry run off)")
+        return None
+    log.info("pre-flight dry runs use %s", envoy)
+    return EnvoyDryRun(envoy)
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

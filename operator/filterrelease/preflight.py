@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 from filterrelease.core.module import (
@@ -28,6 +29,7 @@ from filterrelease.core.module import (
 )
 from filterrelease.core.spec import Module
 from filterrelease.kube.api import KubeApi, KubeError
+from filterrelease.providers.dryrun import EnvoyDryRun
 from filterrelease.providers.registry import (
     MAX_MODULE_BYTES,
     Credentials,
@@ -39,18 +41,33 @@ from filterrelease.telemetry import Metrics
 DOCKERCONFIGJSON = ".dockerconfigjson"
 
 
+# Modules kept in memory after verification (about 2 MB each), for dry runs with a new config.
+MODULE_CACHE_SIZE = 32
+
+
 class Preflight:
-    def __init__(self, kube: KubeApi, registry: RegistryClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        kube: KubeApi,
+        registry: RegistryClient,
+        metrics: Metrics,
+        dry_run: EnvoyDryRun | None = None,
+    ) -> None:
         self._kube = kube
         self._registry = registry
         self._metrics = metrics
+        self._dry_run = dry_run
         # manifest digest (oci) or module sha256 (http) -> (layout, abi) of a verified module
         self._verified: dict[str, tuple[str, str]] = {}
+        self._modules: OrderedDict[str, bytes] = OrderedDict()
+        # (sha256, pluginConfig as passed) -> the dry run's verdict (None: it ran fine)
+        self._dry_runs: dict[tuple[str, str], ModuleProblem | None] = {}
 
     async def verify(
         self,
         namespace: str,
         module: Module,
+        plugin_config: dict[str, Any] | None,
         generation: int,
         previous: VerifiedModule | None,
     ) -> VerifiedModule | ModuleFailure:
@@ -62,6 +79,9 @@ class Preflight:
                 verified = await self._verify_oci(namespace, module, generation, reuse)
             else:
                 verified = await self._verify_http(module, generation, reuse)
+            if self._dry_run is not None:
+                await self._dry_run_check(namespace, module, verified, plugin_config)
+                verified = verified.model_copy(update={"dry_run": True})
         except ModuleProblem as problem:
             self._metrics.preflights.labels(problem.reason.value).inc()
             return ModuleFailure(reason=problem.reason, message=problem.message)
@@ -86,8 +106,10 @@ class Preflight:
                 choice = choose_layer(manifest, media_type)
                 self._metrics.module_fetches.labels("blob").inc()
                 blob = await asyncio.to_thread(self._registry.blob, ref, choice.digest, creds)
-                abi = check_wasm(_bounded(extract_plugin(blob, choice)))
+                data = _bounded(extract_plugin(blob, choice))
+                abi = check_wasm(data)
                 self._verified[digest.removeprefix("sha256:")] = (choice.layout, abi)
+                self._remember(digest.removeprefix("sha256:"), data)
         layout, abi = self._verified[digest.removeprefix("sha256:")]
         return VerifiedModule(
             source_url=module.url,
@@ -110,6 +132,7 @@ class Preflight:
         check_digest(module.sha256, sha, "module's sha256")
         abi = check_wasm(data)
         self._verified[sha] = ("http", abi)
+        self._remember(sha, data)
         # Rendering this sha256 makes Istio refuse the URL if its content ever changes.
         return VerifiedModule(
             source_url=module.url,
@@ -119,6 +142,46 @@ class Preflight:
             abi=abi,
             generation=generation,
         )
+
+    def _remember(self, sha256: str, data: bytes) -> None:
+        self._modules[sha256] = data
+        self._modules.move_to_end(sha256)
+        while len(self._modules) > MODULE_CACHE_SIZE:
+            evicted, _ = self._modules.popitem(last=False)
+            self._verified.pop(evicted, None)  # verified again, with its bytes, when needed
+
+    async def _dry_run_check(
+        self,
+        namespace: str,
+        module: Module,
+        verified: VerifiedModule,
+        plugin_config: dict[str, Any] | None,
+    ) -> None:
+        assert self._dry_run is not None
+        # Istio hands pluginConfig to the plugin as JSON text; no config is an empty string.
+        configuration = "" if plugin_config is None else json.dumps(plugin_config)
+        key = (verified.sha256, configuration)
+        if key not in self._dry_runs:
+            data = self._modules.get(verified.sha256)
+            if data is None:  # evicted: fetch and verify it again, keeping its bytes
+                self._verified.pop(verified.sha256, None)
+                pinned = module.model_copy(update={"url": verified.url})
+                if module.is_oci:
+                    await self._verify_oci(namespace, pinned, verified.generation or 0, None)
+                else:
+                    await self._verify_http(module, verified.generation or 0, None)
+                data = self._modules[verified.sha256]
+            self._metrics.dry_runs.inc()
+            try:
+                await asyncio.to_thread(
+                    self._dry_run.check, data, module.plugin_name, configuration
+                )
+                self._dry_runs[key] = None
+            except ModuleProblem as problem:
+                self._dry_runs[key] = problem
+        verdict = self._dry_runs[key]
+        if verdict is not None:
+            raise verdict
 
     async def _credentials(
         self, namespace: str, module: Module, registry: str

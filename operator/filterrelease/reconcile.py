@@ -101,7 +101,11 @@ class Reconciler:
         module = None
         if isinstance(spec, FilterReleaseSpec):
             module = await self._preflight.verify(
-                release.namespace, spec.module, release.generation, status.module
+                release.namespace,
+                spec.module,
+                spec.plugin_config,
+                release.generation,
+                status.module,
             )
         return Observation(
             release=release,

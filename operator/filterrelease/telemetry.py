@@ -44,6 +44,11 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.dry_runs = Counter(
+            "filterrelease_dry_runs_total",
+            "Modules loaded into a pre-flight Envoy with a release's pluginConfig.",
+            registry=self.registry,
+        )
         self.phase = Gauge(
             "filterrelease_release_phase",
             "1 for the phase each FilterRelease is in, 0 for the others.",

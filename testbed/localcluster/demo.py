@@ -172,7 +172,7 @@ def update_to_v2(cluster: LocalCluster, v1: dict[str, Any]) -> dict[str, Any]:
     uid = plugin_field(cluster, ".metadata.uid")
     v2: dict[str, Any] = json.loads(json.dumps(v1))
     v2["spec"]["module"]["url"] = v1["spec"]["module"]["url"].replace("v1.1.0", "v1.2.0")
-    v2["spec"]["pluginConfig"]["frame_options"] = "SAMEORIGIN"
+    v2["spec"]["pluginConfig"].update(frame_options="SAMEORIGIN", version="v1.2.0")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
     wait_ready(cluster, generation=2)
     show(cluster, "get", "frel", "-n", NS)

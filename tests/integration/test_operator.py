@@ -113,7 +113,7 @@ class TestLifecycle:
         assert live["spec"]["sha256"] == published.digests["v1.1.0"].removeprefix("sha256:")
         assert status["module"]["layout"] == "oci-wasm"
         assert condition(body, "ModuleVerified")["status"] == "True"  # type: ignore[index]
-        assert status["applied"]["pluginConfig"] == {"strict_mode": True, "frame_options": "DENY"}
+        assert status["applied"]["pluginConfig"] == {"frame_options": "DENY", "version": "v1.1.0"}
         assert status["wasmPlugins"] == ["security-headers"]
         assert {c["type"]: c["status"] for c in status["conditions"]} == {
             "Ready": "True",

@@ -304,3 +304,60 @@ def test_http_module_is_checked_against_the_binary_sha256(
     failed = wait_module_condition(istio_cluster, namespace, "False")
     assert condition(failed, "ModuleVerified")["reason"] == "ChecksumMismatch"  # type: ignore[index]
     assert plugin(istio_cluster, namespace, NAME)["spec"]["sha256"] == sha
+
+
+DRY_RUN = [
+    ("config-rejecting", {}, "ConfigRejected", "rejecting the plugin configuration on purpose"),
+    (
+        "security-headers",
+        {"frame_option": "DENY"},
+        "ConfigRejected",
+        'unknown key "frame_option"',
+    ),
+    (
+        "panicky",
+        {"panic_every": 1},
+        "InvalidModule",
+        "answered its first request in Envoy with HTTP 503",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "reason", "message"),
+    DRY_RUN,
+    ids=["rejects-config", "config-typo", "crashes"],
+)
+def test_dry_run_in_envoy_catches_what_only_loading_shows(
+    istio_cluster: LocalCluster,
+    namespace: str,
+    published: Published,
+    module: str,
+    config: dict[str, Any],
+    reason: str,
+    message: str,
+) -> None:
+    v1 = example(namespace, registry=published.registry)
+    assert apply_json(istio_cluster, v1).returncode == 0
+    wait_ready(istio_cluster, namespace, NAME)
+    before = plugin(istio_cluster, namespace, NAME)
+
+    publish(published.registry, f"filters/{module}", "v1", published.modules[module], "oci-wasm")
+    bad = release_with(namespace, published, published.url("v1", f"filters/{module}"))
+    bad["spec"]["pluginConfig"] = config
+    assert apply_json(istio_cluster, bad).returncode == 0
+    body = wait_module_condition(istio_cluster, namespace, "False")
+    verified = condition(body, "ModuleVerified")
+    assert verified is not None
+    assert verified["reason"] == reason
+    assert message in verified["message"], verified["message"]
+    after = plugin(istio_cluster, namespace, NAME)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def test_released_modules_were_loaded_in_envoy(
+    istio_cluster: LocalCluster, namespace: str, published: Published
+) -> None:
+    v1 = example(namespace, registry=published.registry)
+    assert apply_json(istio_cluster, v1).returncode == 0
+    assert wait_ready(istio_cluster, namespace, NAME)["status"]["module"]["dryRun"] is True

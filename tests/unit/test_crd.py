@@ -11,8 +11,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from filterrelease.core.module import VerifiedModule
 from filterrelease.core.spec import FilterReleaseSpec
-from filterrelease.core.status import FilterReleaseStatus
+from filterrelease.core.status import Condition, FilterReleaseStatus, ModuleVersion
 
 CRD = Path(__file__).resolve().parents[2] / "crds" / "filterreleases.filterrelease.dev.yaml"
 
@@ -73,3 +74,13 @@ def test_reference_doc_is_generated_from_the_current_crd() -> None:
         [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_nested_status_objects_match_their_models() -> None:
+    # A field the CRD does not declare is pruned by the API server: the operator would then see
+    # a different status on every reconcile and write it again forever.
+    status = schema()["properties"]["status"]["properties"]
+    for key in ("applied", "stable", "canary"):
+        assert set(status[key]["properties"]) == _model_fields(ModuleVersion), key
+    assert set(status["module"]["properties"]) == _model_fields(VerifiedModule)
+    assert set(status["conditions"]["items"]["properties"]) == _model_fields(Condition)

@@ -235,6 +235,7 @@ class VerifiedModule(BaseModel):
     abi: str
     pull_secret: str | None = None
     generation: int | None = None  # the release generation it was resolved for
+    dry_run: bool = False  # loaded in a real Envoy with the release's pluginConfig
 
 
 class ModuleFailure(BaseModel):

@@ -94,3 +94,11 @@ fmt: deps
 .PHONY: bench
 bench: deps testbed
 	PYTHONPATH=testbed $(RUN) python bench/release_latency.py
+
+# Publish a filter build the way Istio can fetch it, without docker:
+#   make publish FILTER=security-headers REGISTRY=127.0.0.1:5000 TAG=v1.1.0 [LAYOUT=oci-wasm]
+.PHONY: publish
+publish: deps filters
+	PYTHONPATH=testbed $(RUN) python -m localcluster.oci_publish --registry $(REGISTRY) \
+	  --repository filters/$(FILTER) --tag $(TAG) --layout $(or $(LAYOUT),oci-wasm) \
+	  "$$(bash filters/build.sh 2>/dev/null | tail -1)/$(FILTER).wasm"

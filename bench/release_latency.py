@@ -3,9 +3,12 @@
 Prints, for N runs each (medians, as the machines are shared and noisy):
   - cluster start (etcd → apiserver → controller-manager → scheduler → kwok → Deployment Running)
     and stop;
-  - create: FilterRelease created → its WasmPlugin exists (measured by a watch, not by polling);
-  - update: spec changed → WasmPlugin carries the new version;
-  - status: spec changed → status Ready for the new generation.
+  - create: FilterRelease created → its WasmPlugin exists (measured by a watch, not by polling),
+    for a module the operator has never seen: registry resolution, layout and ABI checks, and
+    the Envoy dry run (when an Envoy is available) are all in it;
+  - update: a new version (new digest) → WasmPlugin carries it;
+  - status: that update → status Ready for the new generation;
+  - config: a pluginConfig-only change → WasmPlugin carries it (dry run with the new config).
 
 Run: make bench   (or PYTHONPATH=testbed uv run python bench/release_latency.py --runs 10)
 """
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -25,12 +30,13 @@ from kubernetes import client, config, watch
 
 from localcluster import LocalCluster
 from localcluster.install import DEFAULT_ISTIO_VERSION, install_filterrelease, install_istio_crds
+from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
 
 GROUP, VERSION = "filterrelease.dev", "v1alpha1"
 
 
-def release(namespace: str, name: str, tag: str) -> dict[str, Any]:
+def release(namespace: str, name: str, url: str, version: str) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "FilterRelease",
@@ -38,14 +44,29 @@ def release(namespace: str, name: str, tag: str) -> dict[str, Any]:
         "spec": {
             "selector": {"matchLabels": {"app": name}},
             "priority": 10,
-            "module": {"url": f"oci://registry.local/filters/bench:{tag}"},
-            "pluginConfig": {"tag": tag},
+            "module": {"url": url},
+            "pluginConfig": {"version": version},
         },
     }
 
 
+def security_headers() -> bytes:
+    out = (
+        subprocess.run(["bash", "filters/build.sh"], stdout=subprocess.PIPE, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    return (Path(out) / "security-headers.wasm").read_bytes()
+
+
+def distinct(module: bytes, tag: str) -> bytes:
+    """The module plus a Wasm custom section naming `tag`: same code, a digest of its own."""
+    body = bytes([len("bench")]) + b"bench" + tag.encode()
+    return module + b"\x00" + bytes([len(body)]) + body
+
+
 class PluginWatcher:
-    """Records when each WasmPlugin first carries a given URL, from a watch stream."""
+    """Records when each WasmPlugin first carries a given spec (url + config), from a watch."""
 
     def __init__(self, api: client.CustomObjectsApi, namespace: str) -> None:
         self.seen: dict[tuple[str, str], float] = {}
@@ -65,15 +86,17 @@ class PluginWatcher:
         ):  # fmt: skip
             obj = event["object"]
             with self._cond:
-                key = (obj["metadata"]["name"], obj["spec"]["url"])
+                spec = obj["spec"]
+                key = (obj["metadata"]["name"], spec["url"] + json.dumps(spec.get("pluginConfig")))
                 self.seen.setdefault(key, time.monotonic())
                 self._cond.notify_all()
 
-    def wait(self, name: str, url: str, timeout: float = 30) -> float:
+    def wait(self, name: str, url: str, version: str, timeout: float = 60) -> float:
+        key = (name, url + json.dumps({"version": version}))
         with self._cond:
-            if not self._cond.wait_for(lambda: (name, url) in self.seen, timeout):
-                raise TimeoutError(f"{name} never carried {url}")
-            return self.seen[(name, url)]
+            if not self._cond.wait_for(lambda: key in self.seen, timeout):
+                raise TimeoutError(f"{name} never carried {url} with version {version}")
+            return self.seen[key]
 
 
 def ready_at(api: client.CustomObjectsApi, namespace: str, name: str, generation: int) -> float:
@@ -124,28 +147,46 @@ def bench_operator(runs: int) -> None:
             str(cluster.admin_kubeconfig)
         )
         api = client.CustomObjectsApi(api_client)
+        module = security_headers()
+        registry = cluster.registry.host
         with OperatorProcess(kubeconfig, Path(tmp) / "operator.log"):
             watcher = PluginWatcher(api, "bench")
-            create, update, status = [], [], []
+            create, update, status, config_change = [], [], [], []
             for i in range(runs):
                 name = f"r{i}"
+                urls, pinned = {}, {}
+                for tag in ("v1", "v2"):
+                    digest = publish(registry, f"bench/{name}", tag, distinct(module, f"{i}{tag}"))
+                    urls[tag] = f"oci://{registry}/bench/{name}:{tag}"
+                    pinned[tag] = f"oci://{registry}/bench/{name}@{digest}"
                 t0 = time.monotonic()
                 api.create_namespaced_custom_object(
-                    GROUP, VERSION, "bench", "filterreleases", release("bench", name, "v1")
+                    GROUP,
+                    VERSION,
+                    "bench",
+                    "filterreleases",
+                    release("bench", name, urls["v1"], "v1"),
                 )
-                create.append(watcher.wait(name, "oci://registry.local/filters/bench:v1") - t0)
+                create.append(watcher.wait(name, pinned["v1"], "v1") - t0)
                 ready_at(api, "bench", name, 1)
                 t0 = time.monotonic()
-                api.patch_namespaced_custom_object(
-                    GROUP, VERSION, "bench", "filterreleases", name,
-                    {"spec": release("bench", name, "v2")["spec"]},
-                    _content_type="application/merge-patch+json",
-                )  # fmt: skip
-                update.append(watcher.wait(name, "oci://registry.local/filters/bench:v2") - t0)
+                patch(api, name, release("bench", name, urls["v2"], "v2"))
+                update.append(watcher.wait(name, pinned["v2"], "v2") - t0)
                 status.append(ready_at(api, "bench", name, 2) - t0)
+                t0 = time.monotonic()
+                patch(api, name, release("bench", name, urls["v2"], "v2b"))
+                config_change.append(watcher.wait(name, pinned["v2"], "v2b") - t0)
             print(f"create → WasmPlugin     {fmt(create)}")
             print(f"update → WasmPlugin     {fmt(update)}")
             print(f"update → status Ready   {fmt(status)}")
+            print(f"config → WasmPlugin     {fmt(config_change)}")
+
+
+def patch(api: client.CustomObjectsApi, name: str, body: dict[str, Any]) -> None:
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, "bench", "filterreleases", name, {"spec": body["spec"]},
+        _content_type="application/merge-patch+json",
+    )  # fmt: skip
 
 
 def main() -> None:

@@ -138,7 +138,7 @@ def bench_cluster(runs: int) -> None:
     print(f"cluster stop            {fmt(stops)}")
 
 
-def bench_operator(runs: int) -> None:
+def bench_operator(runs: int, dry_run: bool) -> None:
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp)) as cluster:
         install_istio_crds(cluster, DEFAULT_ISTIO_VERSION)
         kubeconfig = install_filterrelease(cluster)
@@ -149,7 +149,9 @@ def bench_operator(runs: int) -> None:
         api = client.CustomObjectsApi(api_client)
         module = security_headers()
         registry = cluster.registry.host
-        with OperatorProcess(kubeconfig, Path(tmp) / "operator.log"):
+        env = {"FILTERRELEASE_DRY_RUN": "true" if dry_run else "false"}
+        print(f"operator with the Envoy dry run {'on' if dry_run else 'off'}:")
+        with OperatorProcess(kubeconfig, Path(tmp) / "operator.log", extra_env=env):
             watcher = PluginWatcher(api, "bench")
             create, update, status, config_change = [], [], [], []
             for i in range(runs):
@@ -192,9 +194,12 @@ def patch(api: client.CustomObjectsApi, name: str, body: dict[str, Any]) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10, help="operator runs (cluster: a third)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the start/stop figures")
+    parser.add_argument("--no-dry-run", action="store_true", help="operator without Envoy runs")
     args = parser.parse_args()
-    bench_cluster(max(3, args.runs // 3))
-    bench_operator(args.runs)
+    if not args.no_cluster:
+        bench_cluster(max(3, args.runs // 3))
+    bench_operator(args.runs, dry_run=not args.no_dry_run)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from localcluster import components
@@ -31,7 +30,7 @@ from localcluster.kubeconfig import write_kubeconfig
 from localcluster.kwok import STAGES_YAML, node_manifests
 from localcluster.network import LOOPBACK, client_tls, http_get, http_ok
 from localcluster.pki import CertificateAuthority, CertKey, write_service_account_keys
-from localcluster.processes import ManagedProcess, stop_in_reverse
+from localcluster.processes import ManagedProcess, StartStop, stop_in_reverse
 from localcluster.registry import Registry
 
 # Seconds a component gets to exit after SIGTERM before its group is SIGKILLed. The apiserver
@@ -50,7 +49,7 @@ def _elapsed_since(t0: float) -> str:
     return f"{time.monotonic() - t0:.1f}s"
 
 
-class LocalCluster:
+class LocalCluster(StartStop):
     """A throwaway Kubernetes control plane with `nodes` kwok-simulated nodes.
 
     Use as a context manager, or call start() and stop(). Everything lives under `workdir`:
@@ -244,18 +243,6 @@ class LocalCluster:
             time.sleep(min(interval, remaining))
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def __enter__(self) -> LocalCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, deadline_s: float = 120) -> None:
         """Start every component and wait until pods really run; stop everything on failure.

@@ -9,13 +9,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 from localcluster.network import free_ports
-from localcluster.processes import ManagedProcess
+from localcluster.processes import ManagedProcess, StartStop
 
 
-class OperatorProcess:
+class OperatorProcess(StartStop):
     """The operator, started with `kubeconfig`; its log goes to `log_path`."""
 
     def __init__(
@@ -95,15 +94,3 @@ class OperatorProcess:
                 return body.decode()
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
-
-    def __enter__(self) -> OperatorProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

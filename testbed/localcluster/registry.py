@@ -22,13 +22,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
 import bcrypt
 
 from localcluster.errors import ClusterStartError
 from localcluster.network import LOOPBACK, free_ports
-from localcluster.processes import ManagedProcess
+from localcluster.processes import ManagedProcess, StartStop
 
 DEFAULT_BINARY = Path("/usr/bin/docker-registry")
 _INSTALL_HINT = (
@@ -71,7 +70,7 @@ def htpasswd_line(username: str, password: str) -> str:
     return f"{username}:{hashed.decode()}\n"
 
 
-class Registry:
+class Registry(StartStop):
     """One docker-registry process on 127.0.0.1, its config, storage and log under `workdir`.
 
     Use as a context manager, or call start() and stop(). For starting alongside other
@@ -142,18 +141,6 @@ class Registry:
         if self._process is None:
             raise RuntimeError(f"{self.name} has not been started")
         return self._process
-
-    def __enter__(self) -> Registry:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self, timeout: float = 30) -> None:
         """Spawn the registry and wait until /v2/ answers; stop it again on any failure."""

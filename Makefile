@@ -27,10 +27,11 @@ deps: $(UV)
 
 .PHONY: system-deps
 system-deps:
-	@command -v docker-registry >/dev/null || { \
-	  echo "== installing Debian's docker-registry (the local OCI registry)"; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq docker-registry; \
-	  else echo "run: sudo apt-get install docker-registry"; exit 1; fi; }
+	@missing=""; for p in docker-registry prometheus; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing Debian packages:$$missing (the local OCI registry, Prometheus)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "run: sudo apt-get install$$missing"; exit 1; fi; fi
 
 .PHONY: testbed
 testbed: system-deps

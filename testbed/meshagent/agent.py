@@ -198,12 +198,18 @@ class MeshAgent:
             except Exception as exc:  # one bad pass must not end the agent
                 self.log.error(f"reconcile failed: {exc!r}", scope="default")
 
-    def _meshed(self, pod: Mapping[str, Any], injected_namespaces: set[str]) -> bool:
+    def _meshed(
+        self, pod: Mapping[str, Any], injected_namespaces: set[str], known_namespaces: set[str]
+    ) -> bool:
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid", ""))
         if uid in self._injected:
             return self._injected[uid]
         if (pod.get("status") or {}).get("phase") != "Running":
+            return False
+        if meta.get("namespace") not in known_namespaces:
+            # The namespace's watch event has not arrived yet: decide on a later pass, never
+            # cache "not meshed" for a pod whose namespace may well be labelled for injection.
             return False
         opted_out = "false" in (
             (meta.get("labels") or {}).get(INJECT_OVERRIDE),
@@ -220,9 +226,13 @@ class MeshAgent:
     def _reconcile(self) -> None:
         cluster = self._cluster
         assert cluster is not None
+        if not cluster.synced():
+            return  # decisions need all three lists; the sync itself triggers another pass
+        namespaces = list(cluster.namespaces.items())
+        known_namespaces = {str(ns["metadata"]["name"]) for ns in namespaces}
         injected_namespaces = {
             str(ns["metadata"]["name"])
-            for ns in cluster.namespaces.items()
+            for ns in namespaces
             if (ns["metadata"].get("labels") or {}).get(INJECTION_LABEL) == "enabled"
         }
         plugins = [WasmPlugin.from_object(obj) for obj in cluster.wasmplugins.items()]
@@ -232,7 +242,7 @@ class MeshAgent:
             meta = obj["metadata"]
             live_uids.add(str(meta.get("uid", "")))
             phase = (obj.get("status") or {}).get("phase")
-            if phase == "Running" and self._meshed(obj, injected_namespaces):
+            if phase == "Running" and self._meshed(obj, injected_namespaces, known_namespaces):
                 pods[(str(meta["namespace"]), str(meta["name"]))] = obj
         for uid in set(self._injected) - live_uids:
             del self._injected[uid]

@@ -153,6 +153,10 @@ class Cluster:
     def wait_synced(self, timeout: float) -> bool:
         return all(informer.synced.wait(timeout) for informer in self._informers)
 
+    def synced(self) -> bool:
+        """Whether every list (pods, namespaces, WasmPlugins) has arrived at least once."""
+        return all(informer.synced.is_set() for informer in self._informers)
+
     def stop(self) -> None:
         for informer in self._informers:
             informer.stop()

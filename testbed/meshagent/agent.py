@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from filterrelease.providers.envoy import find_envoy
+from localcluster.processes import StartStop
 from meshagent import layout
 from meshagent.fetch import AgentLog
 from meshagent.istiod import RemoteWasm, pull_secret_name, remote_wasm
@@ -54,7 +55,7 @@ def inbound_port(pod: Mapping[str, Any]) -> int:
     return 0
 
 
-class MeshAgent:
+class MeshAgent(StartStop):
     def __init__(
         self,
         workdir: Path,

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -143,6 +144,32 @@ class ManagedProcess:
         if code is None:
             return f"{self.name} (pid {self.pid}) is running"
         return f"{self.name} (pid {self.pid}) exited with code {code}"
+
+
+def wait_until_ready(
+    proc: ManagedProcess,
+    ready: Callable[[], bool],
+    *,
+    name: str,
+    endpoint: str,
+    timeout: float,
+    error: type[Exception],
+) -> None:
+    """Poll `ready` until it is true; raise `error`, with the process's log tail, if the
+    process exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if not proc.alive():
+            raise error(
+                f"{proc.describe_exit()} before answering on {endpoint}; "
+                f"log {proc.log_path}:\n{proc.log_tail()}"
+            )
+        if time.monotonic() >= deadline:
+            raise error(
+                f"{name} did not answer on {endpoint} within {timeout:g}s; "
+                f"log {proc.log_path}:\n{proc.log_tail()}"
+            )
+        time.sleep(0.05)
 
 
 def stop_in_reverse(processes: Sequence[ManagedProcess], grace: float) -> None:

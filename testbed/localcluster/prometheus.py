@@ -33,7 +33,7 @@ from typing import Any
 
 from localcluster.errors import ClusterStartError
 from localcluster.network import LOOPBACK, free_ports
-from localcluster.processes import ManagedProcess, StartStop
+from localcluster.processes import ManagedProcess, StartStop, wait_until_ready
 
 DEFAULT_BINARY = Path("/usr/bin/prometheus")
 _INSTALL_HINT = "install it with `apt-get install prometheus` (Debian/Ubuntu, Prometheus 2.42)"
@@ -166,21 +166,16 @@ class Prometheus(StartStop):
     def start(self, timeout: float = 60) -> None:
         """Spawn Prometheus and wait until /-/ready answers; stop it again on any failure."""
         t0 = time.monotonic()
-        deadline = t0 + timeout
         proc = self.spawn()
         try:
-            while not self.ready():
-                if not proc.alive():
-                    raise PrometheusError(
-                        f"{proc.describe_exit()} before answering on {self.url}/-/ready; "
-                        f"log {proc.log_path}:\n{proc.log_tail()}"
-                    )
-                if time.monotonic() >= deadline:
-                    raise PrometheusError(
-                        f"prometheus did not answer on {self.url}/-/ready within {timeout:g}s; "
-                        f"log {proc.log_path}:\n{proc.log_tail()}"
-                    )
-                time.sleep(0.05)
+            wait_until_ready(
+                proc,
+                self.ready,
+                name="prometheus",
+                endpoint=f"{self.url}/-/ready",
+                timeout=timeout,
+                error=PrometheusError,
+            )
         except BaseException:
             self.stop()
             raise

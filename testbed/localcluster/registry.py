@@ -27,7 +27,7 @@ import bcrypt
 
 from localcluster.errors import ClusterStartError
 from localcluster.network import LOOPBACK, free_ports
-from localcluster.processes import ManagedProcess, StartStop
+from localcluster.processes import ManagedProcess, StartStop, wait_until_ready
 
 DEFAULT_BINARY = Path("/usr/bin/docker-registry")
 _INSTALL_HINT = (
@@ -145,21 +145,16 @@ class Registry(StartStop):
     def start(self, timeout: float = 30) -> None:
         """Spawn the registry and wait until /v2/ answers; stop it again on any failure."""
         t0 = time.monotonic()
-        deadline = t0 + timeout
         proc = self.spawn()
         try:
-            while not self.ready():
-                if not proc.alive():
-                    raise RegistryError(
-                        f"{proc.describe_exit()} before answering on {self.url}/v2/; "
-                        f"log {proc.log_path}:\n{proc.log_tail()}"
-                    )
-                if time.monotonic() >= deadline:
-                    raise RegistryError(
-                        f"{self.name} did not answer on {self.url}/v2/ within {timeout:g}s; "
-                        f"log {proc.log_path}:\n{proc.log_tail()}"
-                    )
-                time.sleep(0.05)
+            wait_until_ready(
+                proc,
+                self.ready,
+                name=self.name,
+                endpoint=f"{self.url}/v2/",
+                timeout=timeout,
+                error=RegistryError,
+            )
         except BaseException:
             self.stop()
             raise

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from meshagent.layout import LABEL_NAMESPACE, LABEL_POD
-from meshagent.upstream import QuietServer
+from meshagent.upstream import LoopbackServer
 
 # name -> (type, help), pkg/wasm/monitoring.go.
 FAMILIES: dict[str, tuple[str, str]] = {
@@ -170,7 +170,7 @@ def xds_rejects(envoy_texts: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-class MetricsServer:
+class MetricsServer(LoopbackServer):
     """GET /metrics on 127.0.0.1:<free port>, the body from `produce()` at each scrape."""
 
     def __init__(self, produce: Callable[[], str]) -> None:
@@ -195,19 +195,4 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = QuietServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="meshagent-metrics", daemon=True
-        )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        super().__init__(Handler, "meshagent-metrics")

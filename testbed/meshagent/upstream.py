@@ -58,11 +58,13 @@ class QuietServer(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
-class Upstream:
-    def __init__(self) -> None:
-        self._server = QuietServer(("127.0.0.1", 0), _App)
+class LoopbackServer:
+    """A QuietServer on 127.0.0.1:<free port>, served from a daemon thread."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], thread_name: str) -> None:
+        self._server = QuietServer(("127.0.0.1", 0), handler)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="meshagent-app", daemon=True
+            target=self._server.serve_forever, name=thread_name, daemon=True
         )
 
     @property
@@ -76,3 +78,10 @@ class Upstream:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(10)
+
+
+class Upstream(LoopbackServer):
+    """The app every sidecar forwards to."""
+
+    def __init__(self) -> None:
+        super().__init__(_App, "meshagent-app")

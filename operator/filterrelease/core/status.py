@@ -63,6 +63,9 @@ class FilterReleaseStatus(_Model):
     canary: ModuleVersion | None = None
     current_step: str | None = None
     canary_weight: int | None = None
+    # True while pods are split by the release's track label (see core/tracks.py); the pod
+    # admission webhook labels new pods stable while it is.
+    split: bool | None = None
     # The last pre-flight resolution: a tag stays pinned to this digest until the spec changes.
     module: VerifiedModule | None = None
     wasm_plugins: tuple[str, ...] = ()

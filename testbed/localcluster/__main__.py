@@ -1,4 +1,9 @@
-"""CLI: `python -m localcluster up --workdir DIR [--nodes N]` and `python -m localcluster build`.
+"""CLI: `python -m localcluster up --workdir DIR [--nodes N] [--mesh]` and
+`python -m localcluster build`.
+
+With --mesh the data plane runs too (localcluster.mesh.MeshCluster): Istio's CRDs, the mesh
+agent with a real Envoy per meshed pod, Istio metrics in a real Prometheus, and
+`kubectl logs <pod> -c istio-proxy`.
 
 From the repository root: `PYTHONPATH=testbed uv run python -m localcluster up --workdir /tmp/c`
 (or `uv run python testbed/localcluster up ...`, which finds the package by itself).
@@ -20,6 +25,8 @@ if not __package__:
 from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterStartError
+from localcluster.install import DEFAULT_ISTIO_VERSION, ISTIO_VERSIONS
+from localcluster.mesh import MeshCluster
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -29,10 +36,12 @@ def _up(args: argparse.Namespace) -> int:
         print(f"\nlocalcluster: got {signal.Signals(signum).name}, stopping...", file=sys.stderr)
         stop_requested.set()
 
-    cluster = LocalCluster(
-        Path(args.workdir),
-        nodes=args.nodes,
-        kwok_configs=[Path(c) for c in args.kwok_config],
+    workdir = Path(args.workdir)
+    kwok_configs = [Path(c) for c in args.kwok_config]
+    cluster = (
+        MeshCluster(workdir, nodes=args.nodes, kwok_configs=kwok_configs, istio_version=args.istio)
+        if args.mesh
+        else LocalCluster(workdir, nodes=args.nodes, kwok_configs=kwok_configs)
     )
     # SIGINT during start() raises KeyboardInterrupt, which start() turns into a clean stop.
     # SIGTERM gets the same treatment by raising it ourselves until the cluster is up.
@@ -49,6 +58,7 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     kubectl = cluster.bin_dir / "kubectl"
+    mesh = _mesh_help(cluster) if isinstance(cluster, MeshCluster) else ""
     print(
         f"""
 Cluster is up: {cluster.server}  ({cluster.nodes} kwok nodes; logs in {cluster.logs_dir})
@@ -56,7 +66,7 @@ Cluster is up: {cluster.server}  ({cluster.nodes} kwok nodes; logs in {cluster.l
     export KUBECONFIG={cluster.admin_kubeconfig}
     export PATH={cluster.bin_dir}:$PATH
     {kubectl} get nodes
-
+{mesh}
 Press Ctrl-C (or send SIGTERM) to stop.""",
         flush=True,
     )
@@ -70,6 +80,18 @@ Press Ctrl-C (or send SIGTERM) to stop.""",
         cluster.stop()
         print("localcluster: stopped", file=sys.stderr)
     return 0
+
+
+def _mesh_help(cluster: MeshCluster) -> str:
+    mesh = cluster.mesh
+    return f"""
+Data plane: Istio {cluster.istio_version} CRDs, mesh agent (files in {mesh.agent_dir}),
+Prometheus at {mesh.prometheus.url}
+    Pods of namespaces labelled istio-injection=enabled that declare an `istio-proxy`
+    container get a real Envoy sidecar on 127.0.0.1:<port in {mesh.agent_dir}/<ns>/<pod>/port>.
+    kubectl logs <pod> -c istio-proxy
+    curl -s '{mesh.prometheus.url}/api/v1/query?query=istio_requests_total'
+"""
 
 
 def _raise_interrupt() -> None:
@@ -94,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         help="extra kwok config file, e.g. ClusterLogs rules (repeatable)",
     )
     up.add_argument("--deadline", type=float, default=120, help="start-up deadline in seconds")
+    up.add_argument(
+        "--mesh",
+        action="store_true",
+        help="also run the data plane: mesh agent, Envoy sidecars, metrics, Prometheus",
+    )
+    up.add_argument(
+        "--istio",
+        choices=ISTIO_VERSIONS,
+        default=DEFAULT_ISTIO_VERSION,
+        help=f"Istio CRD version installed with --mesh (default {DEFAULT_ISTIO_VERSION})",
+    )
     sub.add_parser("build", help="build (or find cached) control-plane binaries")
     args = parser.parse_args(argv)
 

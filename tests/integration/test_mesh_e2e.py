@@ -1,20 +1,22 @@
-"""The whole data plane as the launcher starts it (MeshStack): a bad filter version breaks
+"""The whole data plane as the launcher starts it (MeshCluster): a bad filter version breaks
 requests in real Envoy sidecars, and the operator's signals show it: istio_requests_total in
 a real Prometheus counts every response exactly, and `kubectl logs -c istio-proxy` carries
-the Wasm panic."""
+the Wasm panic. Stopping the cluster, or failing to start it, leaves no process behind."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION, install_istio_crds
-from localcluster.mesh import MeshStack, install_mesh_crds, mesh_kwok_config
+from localcluster import ClusterStartError
+from localcluster.mesh import MeshCluster
 from localcluster.oci_publish import publish
 from meshtraffic.loadgen import LoadGenerator, LoadResult, workdir_endpoints
 from meshtraffic.podlogs import CONTAINER
@@ -27,13 +29,10 @@ NS = "mesh"
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, MeshStack]]:
-    workdir = tmp_path_factory.mktemp("mesh-e2e")
-    with LocalCluster(workdir / "cluster", nodes=2, kwok_configs=[mesh_kwok_config(workdir)]) as c:
-        install_istio_crds(c, DEFAULT_ISTIO_VERSION)
-        install_mesh_crds(c)
-        with MeshStack(c, workdir / "mesh") as stack:
-            yield c, stack
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
+    # Module-scoped and private to this file: the last test stops it on purpose.
+    with MeshCluster(tmp_path_factory.mktemp("mesh-e2e"), nodes=2) as c:
+        yield c
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:
@@ -60,9 +59,9 @@ def deployment(name: str, replicas: int) -> dict[str, Any]:
 
 
 def test_a_panicking_filter_shows_in_prometheus_and_proxy_logs(
-    mesh: tuple[LocalCluster, MeshStack], filter_modules: dict[str, bytes]
+    cluster: MeshCluster, filter_modules: dict[str, bytes]
 ) -> None:
-    cluster, stack = mesh
+    stack = cluster.mesh
     cluster.kubectl("create", "namespace", NS)
     cluster.kubectl("label", "namespace", NS, "istio-injection=enabled")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment("web", 2)))
@@ -122,3 +121,52 @@ def test_a_panicking_filter_shows_in_prometheus_and_proxy_logs(
 
     text = poll(panic_in_logs, timeout=30, what="the Wasm panic in kubectl logs -c istio-proxy")
     assert "proxy_on_request_headers" in text
+
+
+def test_stop_leaves_no_process_behind(cluster: MeshCluster) -> None:
+    # Runs last in this module, after the test above left two sidecars serving.
+    pids = cluster.pids
+    envoys = {name for name in pids if name.startswith("envoy ")}
+    assert envoys == {f"envoy {NS}/{pod}" for _, pod in cluster.mesh.exporter.pods}
+    assert len(envoys) == 2
+    assert {"prometheus", "kube-apiserver", "etcd", "kwok", "registry"} <= set(pids)
+    cluster.stop()
+    cluster.stop()
+    leftovers = {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
+    assert not leftovers, f"still running after stop(): {leftovers}"
+    assert not _mesh_threads(), "mesh threads still running after stop()"
+
+
+def test_a_data_plane_that_fails_to_start_stops_the_cluster(tmp_path: Path) -> None:
+    # Prometheus is the data plane's last part: everything before it (control plane, Istio's
+    # CRDs, the agent, the exporter, the pod log writer) is up when it fails.
+    cluster = MeshCluster(tmp_path, nodes=1, prometheus_binary=tmp_path / "no-prometheus")
+    with pytest.raises(ClusterStartError, match="prometheus binary not found"):
+        cluster.start()
+    pids = cluster.pids
+    assert {"kube-apiserver", "etcd", "kwok"} <= set(pids)
+    leftovers = {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
+    assert not leftovers, f"still running after a failed start: {leftovers}"
+    assert not _mesh_threads(), "mesh threads still running after a failed start"
+
+
+def _mesh_threads() -> list[str]:
+    """Threads of the agent, its sidecars, the exporter and the pod log writer still alive."""
+    prefixes = ("meshagent", "sidecar-", "informer-", "meshtraffic")
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -43,6 +43,10 @@ Envoy does not have is JSON null:
     x_filter_version       response header x-filter-version as sent to the client
     x_envoy_wasm_filter    request header x-envoy-wasm-filter as forwarded upstream (the
                            security-headers filter sets it to "active" on requests)
+    downstream_wire_bytes_received   bytes of the request as received from the client, headers
+                           included (what istio/proxy's stats filter records in istio_request_bytes)
+    downstream_wire_bytes_sent       bytes of the response as sent to the client, headers
+                           included (istio_response_bytes)
     bytes_received bytes_sent authority user_agent downstream_remote_address
 
 Metrics: ONE agent-wide endpoint, http://127.0.0.1:<agent-metrics-port>/metrics, in Prometheus
@@ -95,6 +99,8 @@ FIELD_UPSTREAM_HOST = "upstream_host"
 FIELD_REQUEST_ID = "request_id"
 FIELD_X_FILTER_VERSION = "x_filter_version"
 FIELD_X_ENVOY_WASM_FILTER = "x_envoy_wasm_filter"
+FIELD_DOWNSTREAM_WIRE_BYTES_RECEIVED = "downstream_wire_bytes_received"
+FIELD_DOWNSTREAM_WIRE_BYTES_SENT = "downstream_wire_bytes_sent"
 FIELD_BYTES_RECEIVED = "bytes_received"
 FIELD_BYTES_SENT = "bytes_sent"
 FIELD_AUTHORITY = "authority"
@@ -115,6 +121,10 @@ ACCESS_LOG_FIELDS: dict[str, str] = {
     FIELD_REQUEST_ID: "%REQ(X-REQUEST-ID)%",
     FIELD_X_FILTER_VERSION: "%RESP(X-FILTER-VERSION)%",
     FIELD_X_ENVOY_WASM_FILTER: "%REQ(X-ENVOY-WASM-FILTER)%",
+    # The stream's downstream bytes meter, which istio/proxy reads for its byte histograms
+    # (istio_stats.cc: getDownstreamBytesMeter()->wireBytesReceived()/wireBytesSent()).
+    FIELD_DOWNSTREAM_WIRE_BYTES_RECEIVED: "%DOWNSTREAM_WIRE_BYTES_RECEIVED%",
+    FIELD_DOWNSTREAM_WIRE_BYTES_SENT: "%DOWNSTREAM_WIRE_BYTES_SENT%",
     FIELD_BYTES_RECEIVED: "%BYTES_RECEIVED%",
     FIELD_BYTES_SENT: "%BYTES_SENT%",
     FIELD_AUTHORITY: "%REQ(:AUTHORITY)%",

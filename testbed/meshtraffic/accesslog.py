@@ -27,6 +27,10 @@ class AccessLogEntry:
     request_id: str = ""
     x_filter_version: str = ""
     protocol: str = ""
+    # Wire bytes of the request and response (headers and body) on the client's side of the
+    # sidecar; None when the line does not carry them.
+    request_bytes: float | None = None
+    response_bytes: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -77,6 +81,8 @@ def parse_line(line: str) -> AccessLogEntry | None:
         request_id=_text(obj.get("request_id")),
         x_filter_version=_text(obj.get("x_filter_version")),
         protocol=_text(obj.get("protocol")),
+        request_bytes=_number(obj.get("downstream_wire_bytes_received")),
+        response_bytes=_number(obj.get("downstream_wire_bytes_sent")),
         raw=obj,
     )
 

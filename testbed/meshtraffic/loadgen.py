@@ -163,7 +163,8 @@ class LoadGenerator(StartStop):
 
     `on_response` is called from worker threads for every response (not for connection
     errors), after it is counted; it must be quick and thread-safe. An exception it raises is
-    counted in `errors` as "callback:<type>".
+    counted in `errors` as "callback:<type>". `body`, if any, goes with every request (with
+    its Content-Length), e.g. for POST load of a given request size.
     """
 
     def __init__(
@@ -175,6 +176,7 @@ class LoadGenerator(StartStop):
         duration: float | None = None,
         path: str = "/",
         method: str = "GET",
+        body: bytes = b"",
         host: str | None = None,
         headers: Mapping[str, str] | None = None,
         concurrency: int = 4,
@@ -199,6 +201,7 @@ class LoadGenerator(StartStop):
         self.duration = duration if duration is not None else MAX_DURATION_S
         self.path = path
         self.method = method
+        self.body = body
         self.host = host
         self.headers = dict(headers or {})
         self.concurrency = concurrency
@@ -326,7 +329,8 @@ class LoadGenerator(StartStop):
             headers["Host"] = self.host
         t = time.monotonic()
         try:
-            conn.request(self.method, self.path, headers=headers)
+            # http.client adds Content-Length for a body (and none for an empty GET).
+            conn.request(self.method, self.path, body=self.body or None, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
         except Exception as exc:

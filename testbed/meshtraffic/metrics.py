@@ -1,9 +1,11 @@
 """Istio's standard HTTP metrics, derived per pod from its sidecar's access log.
 
 A real Istio sidecar counts every inbound request in `istio_requests_total` and records its
-duration in `istio_request_duration_milliseconds`, labelled as istio/proxy's stats filter does
-for the server side (reporter="destination"). Our sidecars are plain Envoys without that filter,
-so the same series are rebuilt here from the access log, which logs every request once.
+duration in `istio_request_duration_milliseconds` and its size on the wire, headers included, in
+`istio_request_bytes` and `istio_response_bytes` (the stream's downstream bytes meter), labelled
+as istio/proxy's stats filter does for the server side (reporter="destination"; all four share
+the label set). Our sidecars are plain Envoys without that filter, so the same series are
+rebuilt here from the access log, which logs every request once with those byte counts.
 
 Label values follow istio/proxy (source/extensions/filters/http/istio_stats) for a plaintext
 request from outside the mesh, which is what the load generator sends:
@@ -30,10 +32,13 @@ from meshtraffic.accesslog import AccessLogEntry
 
 REQUESTS_TOTAL = "istio_requests_total"
 REQUEST_DURATION = "istio_request_duration_milliseconds"
+REQUEST_BYTES = "istio_request_bytes"
+RESPONSE_BYTES = "istio_response_bytes"
 
 # Envoy's default histogram buckets (source/common/stats/histogram_impl.cc), which Istio keeps
-# for istio_request_duration_milliseconds; in milliseconds.
-DURATION_BUCKETS_MS: tuple[float, ...] = (
+# for all its histograms: milliseconds for istio_request_duration_milliseconds, bytes for
+# istio_request_bytes and istio_response_bytes.
+ENVOY_DEFAULT_BUCKETS: tuple[float, ...] = (
     0.5,
     1,
     5,
@@ -54,9 +59,11 @@ DURATION_BUCKETS_MS: tuple[float, ...] = (
     1800000,
     3600000,
 )
+DURATION_BUCKETS_MS = ENVOY_DEFAULT_BUCKETS
+BYTES_BUCKETS = ENVOY_DEFAULT_BUCKETS
 
-# Every label of istio_requests_total / istio_request_duration_milliseconds (Istio Standard
-# Metrics), in the order istio/proxy attaches them.
+# Every label of istio_requests_total and the three histograms (Istio Standard Metrics), in the
+# order istio/proxy attaches them.
 ISTIO_LABELS: tuple[str, ...] = (
     "reporter",
     "source_workload",
@@ -226,34 +233,96 @@ def request_labels(identity: PodIdentity, entry: AccessLogEntry) -> tuple[str, .
     return tuple(values[name] for name in ISTIO_LABELS)
 
 
+class _Histogram:
+    """One histogram series: per-bucket (non-cumulative) counts, the last one for +Inf."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def render(self, name: str, labels: str) -> list[str]:
+        lines = []
+        cumulative = 0
+        for bound, n in zip(self.bounds, self.buckets, strict=False):
+            cumulative += n
+            lines.append(f'{name}_bucket{{{labels},le="{_number(bound)}"}} {cumulative}')
+        lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {self.count}')
+        lines.append(f"{name}_sum{{{labels}}} {_number(self.sum)}")
+        lines.append(f"{name}_count{{{labels}}} {self.count}")
+        return lines
+
+
+def _whole(value: float | None) -> float | None:
+    """istio/proxy records integers (whole milliseconds, bytes); None for a missing value."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(max(int(value), 0))
+
+
 @dataclass
 class _Series:
-    count: int = 0
-    duration_count: int = 0
-    duration_sum: float = 0.0
-    buckets: list[int] | None = None  # per-bucket (non-cumulative) counts; last is +Inf
+    count: int
+    duration: _Histogram
+    request_bytes: _Histogram
+    response_bytes: _Histogram
+
+    def histograms(self) -> dict[str, _Histogram]:
+        return {
+            REQUEST_DURATION: self.duration,
+            REQUEST_BYTES: self.request_bytes,
+            RESPONSE_BYTES: self.response_bytes,
+        }
+
+
+_HISTOGRAM_HELP = {
+    REQUEST_DURATION: "Request durations (from the sidecar's access log).",
+    REQUEST_BYTES: "Request sizes on the wire, headers included (from the access log).",
+    RESPONSE_BYTES: "Response sizes on the wire, headers included (from the access log).",
+}
 
 
 class RequestMetrics:
-    """istio_requests_total and istio_request_duration_milliseconds of one pod."""
+    """istio_requests_total and the istio_request_duration_milliseconds, istio_request_bytes
+    and istio_response_bytes histograms of one pod."""
 
-    def __init__(self, buckets: Iterable[float] = DURATION_BUCKETS_MS) -> None:
+    def __init__(
+        self,
+        buckets: Iterable[float] = DURATION_BUCKETS_MS,
+        *,
+        bytes_buckets: Iterable[float] = BYTES_BUCKETS,
+    ) -> None:
         self.bucket_bounds = tuple(sorted(buckets))
+        self.bytes_bucket_bounds = tuple(sorted(bytes_buckets))
         self._series: dict[tuple[str, ...], _Series] = {}
 
     def observe(self, identity: PodIdentity, entry: AccessLogEntry) -> None:
         key = request_labels(identity, entry)
         series = self._series.get(key)
         if series is None:
-            series = self._series[key] = _Series(buckets=[0] * (len(self.bucket_bounds) + 1))
+            series = self._series[key] = _Series(
+                count=0,
+                duration=_Histogram(self.bucket_bounds),
+                request_bytes=_Histogram(self.bytes_bucket_bounds),
+                response_bytes=_Histogram(self.bytes_bucket_bounds),
+            )
         series.count += 1
-        if entry.duration_ms is not None and math.isfinite(entry.duration_ms):
-            # istio/proxy records whole milliseconds (an integer division of the duration).
-            value = float(max(int(entry.duration_ms), 0))
-            assert series.buckets is not None
-            series.buckets[bisect.bisect_left(self.bucket_bounds, value)] += 1
-            series.duration_count += 1
-            series.duration_sum += value
+        # A value the line lacks is not observed (istio/proxy skips a histogram whose input
+        # is missing: no completed duration, no bytes meter), but the request still counts.
+        for histogram, value in (
+            (series.duration, entry.duration_ms),
+            (series.request_bytes, entry.request_bytes),
+            (series.response_bytes, entry.response_bytes),
+        ):
+            whole = _whole(value)
+            if whole is not None:
+                histogram.observe(whole)
 
     def totals(self) -> dict[tuple[str, ...], int]:
         """Request count per label tuple (ISTIO_LABELS order)."""
@@ -277,23 +346,12 @@ class RequestMetrics:
         items = sorted(self._series.items())
         for key, s in items:
             lines.append(f"{REQUESTS_TOTAL}{{{_labels(key)}}} {s.count}")
-        lines += [
-            f"# HELP {REQUEST_DURATION} Request durations (from the sidecar's access log).",
-            f"# TYPE {REQUEST_DURATION} histogram",
-        ]
-        for key, s in items:
-            if not s.duration_count or s.buckets is None:
-                continue
-            base = _labels(key)
-            cumulative = 0
-            for bound, n in zip(self.bucket_bounds, s.buckets, strict=False):
-                cumulative += n
-                lines.append(
-                    f'{REQUEST_DURATION}_bucket{{{base},le="{_number(bound)}"}} {cumulative}'
-                )
-            lines.append(f'{REQUEST_DURATION}_bucket{{{base},le="+Inf"}} {s.duration_count}')
-            lines.append(f"{REQUEST_DURATION}_sum{{{base}}} {_number(s.duration_sum)}")
-            lines.append(f"{REQUEST_DURATION}_count{{{base}}} {s.duration_count}")
+        for name, help_text in _HISTOGRAM_HELP.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+            for key, s in items:
+                histogram = s.histograms()[name]
+                if histogram.count:
+                    lines += histogram.render(name, _labels(key))
         return "\n".join(lines) + "\n"
 
 

@@ -21,8 +21,18 @@ from localcluster.install import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.prometheus import Prometheus, Sample, file_sd_job
 from meshagent.agent import MeshAgent
 from meshagent.layout import ACCESS_LOG_FIELDS
+from meshtraffic.accesslog import parse_line
 from meshtraffic.exporter import MeshMetricsExporter
 from meshtraffic.loadgen import LoadGenerator, Response, workdir_endpoints
+from meshtraffic.metrics import (
+    BYTES_BUCKETS,
+    REQUEST_BYTES,
+    REQUESTS_TOTAL,
+    RESPONSE_BYTES,
+    RequestMetrics,
+    identity_from_name,
+    parse_exposition,
+)
 from meshtraffic.podlogs import (
     CONTAINER,
     KWOK_CONFIG_YAML,
@@ -62,7 +72,9 @@ def by_pod_code(samples: list[Sample]) -> dict[tuple[str, str], float]:
     return {(s.labels["pod"], s.labels["response_code"]): s.value for s in samples}
 
 
-def access_line(code: int, duration_ms: int = 4) -> str:
+def access_line(
+    code: int, duration_ms: int = 4, request_bytes: int | None = 90, response_bytes: int = 150
+) -> str:
     return json.dumps(
         {
             "start_time": "2026-01-01T00:00:00.000Z",
@@ -75,6 +87,8 @@ def access_line(code: int, duration_ms: int = 4) -> str:
             "upstream_host": "127.0.0.1:1",
             "request_id": "r",
             "x_filter_version": None,
+            "downstream_wire_bytes_received": request_bytes,
+            "downstream_wire_bytes_sent": response_bytes,
         }
     )
 
@@ -105,6 +119,59 @@ def append(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.writelines(line + "\n" for line in lines)
+
+
+# -- byte histograms (pure: no process) ---------------------------------------------------------
+
+
+def test_request_and_response_bytes_histograms_from_access_log_lines() -> None:
+    metrics = RequestMetrics()
+    identity = identity_from_name("shop", "web-7d4b9c8f6d-aaaaa")
+    lines = [
+        access_line(200, request_bytes=120, response_bytes=300),
+        access_line(200, request_bytes=1500, response_bytes=7000),
+        access_line(503, request_bytes=80, response_bytes=95),
+        # No bytes meter value: counted as a request, not observed in the byte histograms.
+        access_line(200, request_bytes=None, response_bytes=40),
+    ]
+    for line in lines:
+        entry = parse_line(line)
+        assert entry is not None
+        metrics.observe(identity, entry)
+    samples = parse_exposition(metrics.render())
+
+    def value(name: str, code: str, **labels: str) -> float:
+        hits = [
+            v
+            for (n, ls), v in samples.items()
+            if n == name
+            and ("response_code", code) in ls
+            and all((k, val) in ls for k, val in labels.items())
+        ]
+        assert len(hits) == 1, (name, code, labels, hits)
+        return hits[0]
+
+    assert value(REQUESTS_TOTAL, "200") == 3
+    assert value(f"{REQUEST_BYTES}_count", "200") == 2
+    assert value(f"{REQUEST_BYTES}_sum", "200") == 120 + 1500
+    assert value(f"{REQUEST_BYTES}_bucket", "200", le="100") == 0
+    assert value(f"{REQUEST_BYTES}_bucket", "200", le="250") == 1
+    assert value(f"{REQUEST_BYTES}_bucket", "200", le="2500") == 2
+    assert value(f"{REQUEST_BYTES}_bucket", "200", le="+Inf") == 2
+    assert value(f"{RESPONSE_BYTES}_count", "200") == 3
+    assert value(f"{RESPONSE_BYTES}_sum", "200") == 300 + 7000 + 40
+    assert value(f"{RESPONSE_BYTES}_bucket", "200", le="50") == 1
+    assert value(f"{RESPONSE_BYTES}_bucket", "200", le="5000") == 2
+    assert value(f"{RESPONSE_BYTES}_bucket", "200", le="10000") == 3
+    assert value(f"{RESPONSE_BYTES}_sum", "503", response_flags="UF") == 95
+    # Envoy's default buckets, as for the duration, and the same labels as the request count.
+    bounds = {dict(ls)["le"] for (n, ls) in samples if n == f"{RESPONSE_BYTES}_bucket"} - {"+Inf"}
+    assert sorted(float(b) for b in bounds) == sorted(BYTES_BUCKETS)
+    count_labels = {ls for (n, ls) in samples if n == REQUESTS_TOTAL}
+    for name in (f"{REQUEST_BYTES}_count", f"{RESPONSE_BYTES}_count"):
+        assert {ls for (n, ls) in samples if n == name} <= count_labels
+    assert f"# TYPE {REQUEST_BYTES} histogram" in metrics.render()
+    assert f"# TYPE {RESPONSE_BYTES} histogram" in metrics.render()
 
 
 # -- Prometheus on synthetic access logs -------------------------------------------------------
@@ -225,6 +292,19 @@ def test_prometheus_scrapes_istio_metrics_from_access_logs(tmp_path: Path) -> No
         )
         assert 25 < p99.value <= 50
 
+        # Sizes: every request observed once, 90 bytes in and 150 out on the wire.
+        total = sum(expected(first, second).values())
+        sizes = by_pod_code(prom.query("sum by (pod, response_code) (istio_request_bytes_count)"))
+        assert sizes == expected(first, second)
+        (le100,) = prom.query('sum(istio_request_bytes_bucket{le="100"})')
+        assert le100.value == total
+        (sent,) = prom.query("sum(istio_response_bytes_sum)")
+        assert sent.value == 150 * total
+        (bytes_sample,) = prom.query(
+            'istio_response_bytes_count{pod="web-7d4b9c8f6d-bbbbb", response_code="503"}'
+        )
+        assert bytes_sample.labels == {**labels, "__name__": "istio_response_bytes_count"}
+
         # A pod whose sidecar stops leaves the targets.
         (agent / "shop" / "web-7d4b9c8f6d-bbbbb" / "port").unlink()
         poll(
@@ -242,6 +322,10 @@ def test_prometheus_scrapes_istio_metrics_from_access_logs(tmp_path: Path) -> No
 class _Upstream(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.do_GET()
 
     def do_GET(self) -> None:
         code = 503 if self.path.startswith("/fail") else 200
@@ -314,15 +398,19 @@ def test_load_through_real_sidecars_matches_prometheus(tmp_path: Path, upstream_
         ):
             ok = LoadGenerator(endpoints, rate=50, count=40, on_response=sample).run()
             failing = LoadGenerator(endpoints, rate=50, count=10, path="/fail").run()
+            posted = LoadGenerator(
+                endpoints, rate=50, count=10, method="POST", body=b"x" * 1000
+            ).run()
             assert ok.sent == {("shop", n): 20 for n in names}
             assert ok.responses == {("shop", n): {200: 20} for n in names}
             assert failing.responses == {("shop", n): {503: 5} for n in names}
-            assert ok.total_errors == failing.total_errors == 0
+            assert posted.responses == {("shop", n): {200: 5} for n in names}
+            assert ok.total_errors == failing.total_errors == posted.total_errors == 0
             assert ok.elapsed_s < 5
             assert sampled
             assert all(r.headers.get("x-upstream") == "yes" for r in sampled)
 
-            want = {(n, "200"): 20.0 for n in names} | {(n, "503"): 5.0 for n in names}
+            want = {(n, "200"): 25.0 for n in names} | {(n, "503"): 5.0 for n in names}
             prom.wait_for_targets(2, timeout=30)
             poll(
                 lambda: (
@@ -335,6 +423,38 @@ def test_load_through_real_sidecars_matches_prometheus(tmp_path: Path, upstream_
             (s,) = prom.query(f'istio_requests_total{{pod="{names[0]}", response_code="200"}}')
             assert s.labels["destination_workload"] == "api"  # guessed from the pod name
             assert s.labels["response_flags"] == "-"
+
+            # Sizes as Envoy's downstream bytes meter saw them: headers included, so more than
+            # the body (0 for a GET, 1000 for each POST; "ok\n" back), and exactly what the
+            # access log says, summed per pod in Prometheus.
+            wire: dict[str, tuple[int, int]] = {}
+            for name in names:
+                entries = [
+                    json.loads(line)
+                    for line in (agent / "shop" / name / "access.log").read_text().splitlines()
+                ]
+                assert len(entries) == 30
+                for e in entries:
+                    body_in = 1000 if e["method"] == "POST" else 0
+                    assert e["bytes_received"] == body_in
+                    assert body_in < e["downstream_wire_bytes_received"] < body_in + 400
+                    assert e["bytes_sent"] < e["downstream_wire_bytes_sent"]
+                wire[name] = (
+                    sum(e["downstream_wire_bytes_received"] for e in entries),
+                    sum(e["downstream_wire_bytes_sent"] for e in entries),
+                )
+
+            def sums(metric: str) -> dict[str, float]:
+                return {
+                    s.labels["pod"]: s.value for s in prom.query(f"sum by (pod) ({metric}_sum)")
+                }
+
+            assert sums(REQUEST_BYTES) == {n: float(w[0]) for n, w in wire.items()}
+            assert sums(RESPONSE_BYTES) == {n: float(w[1]) for n, w in wire.items()}
+            # The GETs' requests are all headers (< 1000 bytes), the POSTs' above 1000.
+            (le1000,) = prom.query('sum(istio_request_bytes_bucket{le="1000"})')
+            (le2500,) = prom.query('sum(istio_request_bytes_bucket{le="2500"})')
+            assert (le1000.value, le2500.value) == (50, 60)
 
 
 # -- kubectl logs -c istio-proxy ---------------------------------------------------------------
@@ -538,6 +658,9 @@ def test_mesh_agent_sidecars_metrics_and_logs(logs_cluster: LocalCluster, tmp_pa
         # pod.json: owner ReplicaSet -> Deployment "web", version from the pod's labels.
         series = prom.query('istio_requests_total{namespace="mesh"}')
         assert len(series) == 2
+        # The byte histograms observe every request, from the access log the agent configures.
+        sized = prom.query('sum by (pod) (istio_response_bytes_count{namespace="mesh"})')
+        assert {(s.labels["pod"], s.value) for s in sized} == {(n, 20.0) for n in names}
         assert {s.labels["destination_workload"] for s in series} == {"web"}
         assert {s.labels["destination_version"] for s in series} == {"v3"}
         # The agent's own series (namespace/pod labels honoured) are in the same Prometheus.

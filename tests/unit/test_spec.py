@@ -53,15 +53,22 @@ BAD = [
         "spec: exactly one of selector or targetRefs must be set",
     ),
     ({"selector__matchLabels": {}}, "spec.selector.matchLabels: Dictionary should have at least 1"),
-    ({"selector__matchLabels": {"filterrelease.dev/track": "canary"}}, "reserves it"),
+    (
+        {"selector__matchLabels": {"track.filterrelease.dev/security-headers": "canary"}},
+        "the operator sets them",
+    ),
     ({"module__url": "ftp://x/y.wasm"}, "module.url must start with oci://, https:// or http://"),
     ({"module__sha256": "ABC"}, "spec.module.sha256: String should match pattern"),
     ({"priority": 2**31}, "spec.priority: Input should be less than or equal to 2147483647"),
     ({"phase": "LATE"}, "spec.phase: Input should be 'UNSPECIFIED_PHASE', 'AUTHN'"),
     ({"surprise": 1}, "spec.surprise: Extra inputs are not permitted"),
     (
-        {"strategy": {"canary": {"steps": [{"setWeight": 10}]}}},
-        "spec.strategy.canary is not implemented yet",
+        {
+            "strategy": {
+                "canary": {"steps": [{"setWeight": 10}], "analysis": {"templates": [{"name": "x"}]}}
+            }
+        },
+        "analysis templates are not implemented yet",
     ),
     (
         {"strategy": {"canary": {"steps": [{"setWeight": 10, "pause": {}}]}}},

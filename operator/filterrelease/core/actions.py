@@ -1,4 +1,5 @@
-"""What the core asks the shell to do. Plain data; the shell executes them in order."""
+"""What the core asks the shell to do. Plain data; the shell executes them in order and stops at
+the first one that fails: each action is safe on its own (core/layout.py), so a prefix is too."""
 
 from __future__ import annotations
 
@@ -23,8 +24,41 @@ class ApplyWasmPlugin(_Action):
         return str(self.manifest["metadata"]["name"])
 
 
+class DeleteWasmPlugin(_Action):
+    """Delete the canary WasmPlugin, once no pod is on the canary track. The uid is a
+    precondition: a plugin recreated under the same name by someone else is left alone."""
+
+    kind: Literal["DeleteWasmPlugin"] = "DeleteWasmPlugin"
+    name: str
+    uid: str | None = None
+
+
+class LabelPod(_Action):
+    """Put one pod on a track (value None: remove the track label)."""
+
+    kind: Literal["LabelPod"] = "LabelPod"
+    pod: str
+    key: str
+    value: str | None
+
+
+class MarkSplit(_Action):
+    """Record status.split (and tell the pod admission webhook) before anything relies on it."""
+
+    kind: Literal["MarkSplit"] = "MarkSplit"
+    split: bool
+
+
+class ConsumeRequest(_Action):
+    """Remove the manual request annotation the decision acted on."""
+
+    kind: Literal["ConsumeRequest"] = "ConsumeRequest"
+    request: str
+
+
 class EmitEvent(_Action):
-    """A Kubernetes Event on the FilterRelease: every action taken, every problem seen."""
+    """A Kubernetes Event on the FilterRelease (and to the event webhooks): every action taken,
+    every problem seen."""
 
     kind: Literal["EmitEvent"] = "EmitEvent"
     type: Literal["Normal", "Warning"]
@@ -32,4 +66,6 @@ class EmitEvent(_Action):
     message: str
 
 
-Action = ApplyWasmPlugin | EmitEvent
+Action = ApplyWasmPlugin | DeleteWasmPlugin | LabelPod | MarkSplit | ConsumeRequest | EmitEvent
+# Actions that change what the proxies run, in the order the layout planner gave them.
+LayoutAction = ApplyWasmPlugin | DeleteWasmPlugin | LabelPod | MarkSplit

@@ -17,9 +17,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from filterrelease.core.layout import PluginState
 from filterrelease.core.module import VerifiedModule
 from filterrelease.core.spec import FilterReleaseSpec
 from filterrelease.core.status import ModuleVersion
+from filterrelease.core.tracks import CANARY, STABLE, track_label
 
 GROUP = "filterrelease.dev"
 API_VERSION = f"{GROUP}/v1alpha1"
@@ -117,6 +119,7 @@ def module_version(
         plugin_config=spec.plugin_config,
         config_hash=config_hash(rendered),
         generation=generation,
+        content=rendered,
     )
 
 
@@ -124,27 +127,51 @@ def stable_plugin_name(release: ReleaseRef) -> str:
     return release.name
 
 
+def canary_plugin_name(release: ReleaseRef) -> str:
+    # A WasmPlugin name is a DNS subdomain (253 characters): keep room for the suffix.
+    if len(release.name) > 246:
+        short = hashlib.sha256(release.name.encode()).hexdigest()[:8]
+        return f"{release.name[:237]}-{short}-canary"
+    return f"{release.name}-canary"
+
+
 def render_wasmplugin(
     release: ReleaseRef, spec: FilterReleaseSpec, verified: VerifiedModule | None = None
 ) -> dict[str, Any]:
     """The complete WasmPlugin manifest that carries the release to every selected proxy."""
-    rendered = render_spec(spec, verified)
+    return render_plugin(release, module_version(spec, release.generation, verified), STABLE)
+
+
+def render_plugin(
+    release: ReleaseRef, version: ModuleVersion, role: str, *, narrowed: bool = False
+) -> dict[str, Any]:
+    """The WasmPlugin of one track. The stable plugin selects the whole workload, or (narrowed,
+    while a canary runs) only its pods on the stable track; the canary plugin only the pods on
+    the canary track. Both keep the release's phase and priority: they never select the same
+    pod, so they never compete for a position in a filter chain."""
+    if version.content is None:
+        raise ValueError(f"version {version.version} has no content to render")
+    content = version.content
+    if role == CANARY or narrowed:
+        selector = content.get("selector", {}).get("matchLabels", {})
+        content = {
+            **content,
+            "selector": {"matchLabels": {**selector, track_label(release.name): role}},
+        }
     return {
         "apiVersion": WASMPLUGIN_API_VERSION,
         "kind": "WasmPlugin",
         "metadata": {
-            "name": stable_plugin_name(release),
+            "name": canary_plugin_name(release) if role == CANARY else stable_plugin_name(release),
             "namespace": release.namespace,
             "labels": {
                 LABEL_MANAGED_BY: MANAGED_BY,
                 LABEL_RELEASE: release.name,
-                LABEL_ROLE: "stable",
+                LABEL_ROLE: role,
             },
             "annotations": {
-                ANNOTATION_VERSION: version_label(
-                    spec.module.url, verified.sha256 if verified else spec.module.sha256
-                ),
-                ANNOTATION_CONFIG_HASH: config_hash(rendered),
+                ANNOTATION_VERSION: version.version,
+                ANNOTATION_CONFIG_HASH: version.config_hash,
             },
             "ownerReferences": [
                 {
@@ -157,8 +184,28 @@ def render_wasmplugin(
                 }
             ],
         },
-        "spec": rendered,
+        "spec": content,
     }
+
+
+def live_plugin_state(release: ReleaseRef, live: dict[str, Any] | None) -> PluginState | None:
+    """A live plugin as the layout planner sees it: the hash of what it actually carries (so a
+    hand edit shows as a content change and is written back) and whether it is narrowed."""
+    if live is None:
+        return None
+    spec = dict(live.get("spec") or {})
+    key = track_label(release.name)
+    labels = dict((spec.get("selector") or {}).get("matchLabels") or {})
+    narrowed = key in labels
+    if narrowed:
+        labels.pop(key)
+        spec["selector"] = {**spec["selector"], "matchLabels": labels}
+    content = config_hash(spec)
+    annotations = live.get("metadata", {}).get("annotations") or {}
+    if annotations.get(ANNOTATION_CONFIG_HASH) != content:
+        # Metadata that does not match the content (edited by hand): write it again.
+        content = f"drifted:{content}"
+    return PluginState(content=content, narrowed=narrowed)
 
 
 def needs_write(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:

@@ -2,8 +2,10 @@
 
 Everything that affects the state machine lives in this file: the phases, the triggers, and the
 TRANSITIONS table that decide() obeys (it refuses any move the table does not list, and a test
-walks the table). This version releases straight to every selected proxy; the canary engine adds
-its phases and triggers here.
+walks the table). What a canary step does is in core/canary.py; in which order WasmPlugins and
+pod labels change is in core/layout.py. decide() ties them together: it works out the target
+layout (one version everywhere, or stable and canary split by weight), asks the layout planner
+for the next safe changes, and records the outcome in the status.
 """
 
 from __future__ import annotations
@@ -14,42 +16,68 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from filterrelease.core.actions import Action, ApplyWasmPlugin, EmitEvent
+from filterrelease.core import canary as steps
+from filterrelease.core.actions import (
+    Action,
+    ApplyWasmPlugin,
+    ConsumeRequest,
+    DeleteWasmPlugin,
+    EmitEvent,
+    LabelPod,
+    MarkSplit,
+)
+from filterrelease.core.analysis import MetricResult
+from filterrelease.core.layout import Layout, StepKind, Target, apply, plan
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.render import (
     ReleaseRef,
+    canary_plugin_name,
+    config_hash,
+    live_plugin_state,
     module_version,
-    needs_write,
-    render_wasmplugin,
+    render_plugin,
     stable_plugin_name,
 )
-from filterrelease.core.spec import FilterReleaseSpec, SpecError
+from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
 from filterrelease.core.status import (
     ConditionStatus,
     ConditionType,
     FilterReleaseStatus,
+    HistoryEntry,
+    ModuleVersion,
+    RolloutStatus,
     set_condition,
     timestamp,
 )
+from filterrelease.core.tracks import CANARY, STABLE, track_label
+from filterrelease.core.webhooks import GateResult, HookType
 
 
 class Phase(StrEnum):
     PENDING = "Pending"  # never reconciled
-    PROGRESSING = "Progressing"  # a version is being written
-    HEALTHY = "Healthy"  # the WasmPlugin carries the desired version
-    DEGRADED = "Degraded"  # the desired version cannot be released; the last one keeps running
+    PROGRESSING = "Progressing"  # a version is being written, or a canary is running
+    PAUSED = "Paused"  # a canary waits for a person
+    HEALTHY = "Healthy"  # every selected proxy runs the desired version
+    DEGRADED = "Degraded"  # the desired version cannot be (or was not) released; the last one runs
 
 
 class Trigger(StrEnum):
     SPEC_INVALID = "InvalidSpec"  # the spec cannot be released as written
-    CONFLICT = "Conflict"  # the WasmPlugin name is taken by something we do not own
-    WRITE = "Write"  # the live WasmPlugin differs from the desired one
-    IN_SYNC = "InSync"  # the live WasmPlugin is the desired one
+    CONFLICT = "Conflict"  # a WasmPlugin name is taken by something we do not own
+    WRITE = "Write"  # the live WasmPlugins differ from the desired ones
+    IN_SYNC = "InSync"  # the live WasmPlugins are the desired ones
     WRITE_FAILED = "WriteFailed"  # the API server refused our write
     WRITE_RETRYING = "WriteRetrying"  # a write failed on something transient; retrying
     MODULE_REJECTED = "ModuleRejected"  # pre-flight found the module unusable
     MODULE_UNAVAILABLE = "RegistryUnavailable"  # pre-flight could not reach the module; retrying
     DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # retrying for longer than the deadline
+    ROLLING_OUT = "RollingOut"  # a canary step runs
+    PAUSED = "Paused"  # a canary waits for a person (pause step, inconclusive, manual)
+    METRICS_UNAVAILABLE = "MetricsUnavailable"  # measurements error: the step holds
+    PROMOTING = "Promoting"  # every step passed: the new version goes to every pod
+    PROMOTED = "Promoted"  # the new version is the stable one everywhere
+    ROLLING_BACK = "RollingBack"  # the canary failed: every pod goes back to the stable version
+    ROLLED_BACK = "RolledBack"  # every pod is back; stays so until the spec changes
 
 
 _ALL = tuple(Phase)
@@ -64,11 +92,24 @@ TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
     **{(p, Trigger.DEADLINE_EXCEEDED): Phase.DEGRADED for p in _ALL},
     **{(p, Trigger.MODULE_REJECTED): Phase.DEGRADED for p in _ALL},
     **{(p, Trigger.MODULE_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
+    # A rollout's moves are legal from any phase: a request (abort, promote-full, pause) may
+    # come with the very decision that starts the rollout, and a crash may leave any phase.
+    **{(p, Trigger.ROLLING_OUT): Phase.PROGRESSING for p in _ALL},
+    **{(p, Trigger.METRICS_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
+    **{(p, Trigger.PAUSED): Phase.PAUSED for p in _ALL},
+    **{(p, Trigger.PROMOTING): Phase.PROGRESSING for p in _ALL},
+    **{(p, Trigger.PROMOTED): Phase.HEALTHY for p in _ALL},
+    **{(p, Trigger.ROLLING_BACK): Phase.DEGRADED for p in _ALL},
+    **{(p, Trigger.ROLLED_BACK): Phase.DEGRADED for p in _ALL},
 }
 
 
 # Transient holds: try again with backoff. (DEADLINE_EXCEEDED keeps retrying at resync pace.)
 RETRY_SOON = frozenset({Trigger.WRITE_RETRYING, Trigger.MODULE_UNAVAILABLE})
+# How often a running canary is looked at when nothing else is due: the Wasm fast-fail
+# measures at every look, so this bounds how long a broken module goes unnoticed.
+CANARY_TICK = 2.0
+HISTORY_LIMIT = 10
 
 
 class Observation(BaseModel):
@@ -83,6 +124,15 @@ class Observation(BaseModel):
     # The module pre-flight's verdict; None only when the spec is invalid (nothing to check).
     module: VerifiedModule | ModuleFailure | None = None
     now: datetime
+    # Live pods the workload selector matches (terminating ones left out), name → labels.
+    pods: dict[str, dict[str, str]] = {}
+    # The manual request annotation's value, if one is pending.
+    request: str | None = None
+    # What the shell measured and asked for this decision (see needs()).
+    step_results: tuple[MetricResult, ...] = ()
+    background_results: tuple[MetricResult, ...] = ()
+    gates: dict[HookType, GateResult] = {}
+    analysis_due_in: float | None = None  # seconds until the next metric is due
 
 
 class Decision(BaseModel):
@@ -91,6 +141,8 @@ class Decision(BaseModel):
     trigger: Trigger
     status: FilterReleaseStatus
     actions: tuple[Action, ...] = ()
+    # Reconcile again after this many seconds (a canary step, a pause, a measurement is due).
+    requeue_after: float | None = None
 
     @property
     def retry(self) -> bool:
@@ -176,20 +228,119 @@ def _degraded(
     return Decision(phase=phase, trigger=trigger, status=status, actions=actions)
 
 
+def observed_layout(obs: Observation) -> Layout:
+    key = track_label(obs.release.name)
+    return Layout(
+        stable=live_plugin_state(
+            obs.release, obs.live_plugins.get(stable_plugin_name(obs.release))
+        ),
+        canary=live_plugin_state(
+            obs.release, obs.live_plugins.get(canary_plugin_name(obs.release))
+        ),
+        pods={name: labels.get(key) for name, labels in obs.pods.items()},
+        split=bool(obs.status.split),
+    )
+
+
+def last_good(obs: Observation) -> ModuleVersion | None:
+    """The last known good version, with the exact content to put back. A status written by an
+    operator version that kept no content takes it from the live stable plugin, if that still
+    carries the version the status names."""
+    stable = obs.status.stable
+    if stable is None or stable.content is not None:
+        return stable
+    live = obs.live_plugins.get(stable_plugin_name(obs.release))
+    if live is None:
+        return None
+    content = dict(live.get("spec") or {})
+    if config_hash(content) != stable.config_hash:
+        return None
+    return stable.model_copy(update={"content": content})
+
+
+def _to_actions(
+    obs: Observation, layout: Layout, target: Target, versions: dict[str, ModuleVersion]
+) -> tuple[list[Action], Layout]:
+    """The layout planner's steps as actions on the cluster, and the layout they lead to."""
+    actions: list[Action] = []
+    key = track_label(obs.release.name)
+    for step in plan(layout, target):
+        match step.kind:
+            case StepKind.MARK_SPLIT:
+                actions.append(MarkSplit(split=step.split))
+            case StepKind.APPLY_STABLE | StepKind.APPLY_CANARY:
+                role = STABLE if step.kind == StepKind.APPLY_STABLE else CANARY
+                current = layout.stable if role == STABLE else layout.canary
+                manifest = render_plugin(
+                    obs.release, versions[step.content or ""], role, narrowed=step.narrowed
+                )
+                actions.append(ApplyWasmPlugin(manifest=manifest, created=current is None))
+            case StepKind.DELETE_CANARY:
+                live = obs.live_plugins.get(canary_plugin_name(obs.release), {})
+                uid = live.get("metadata", {}).get("uid")
+                actions.append(DeleteWasmPlugin(name=canary_plugin_name(obs.release), uid=uid))
+            case StepKind.LABEL:
+                actions.append(LabelPod(pod=step.pod or "", key=key, value=step.value))
+        layout = apply(layout, step)
+    return actions, layout
+
+
+def _tracks(status: FilterReleaseStatus, layout: Layout) -> FilterReleaseStatus:
+    canary = tuple(sorted(p for p, v in layout.pods.items() if v == CANARY))
+    stable = tuple(sorted(p for p, v in layout.pods.items() if v != CANARY))
+    weight = round(100 * len(canary) / len(layout.pods)) if layout.pods and canary else None
+    return status.model_copy(
+        update={
+            "canary_pods": canary if layout.canary else (),
+            "stable_pods": stable,
+            "canary_weight": weight if layout.canary else None,
+            "split": layout.split or None,
+        }
+    )
+
+
+def _remember(
+    history: tuple[HistoryEntry, ...],
+    version: ModuleVersion,
+    outcome: str,
+    now: datetime,
+    reason: str | None = None,
+) -> tuple[HistoryEntry, ...]:
+    top = history[0] if history else None
+    if top and top.config_hash == version.config_hash and top.outcome == outcome:
+        return history
+    entry = HistoryEntry(
+        version=version.version,
+        config_hash=version.config_hash,
+        outcome=outcome,
+        at=timestamp(now),
+        reason=reason,
+    )
+    return (entry, *history)[:HISTORY_LIMIT]
+
+
+def _events(raw: tuple[tuple[str, str, str], ...] | list[tuple[str, str, str]]) -> list[Action]:
+    return [
+        EmitEvent(type="Warning" if t == "Warning" else "Normal", reason=r, message=m)
+        for t, r, m in raw
+    ]
+
+
 def decide(obs: Observation) -> Decision:
     """What to do about one FilterRelease, given what was observed."""
     if isinstance(obs.spec, SpecError):
+        # Nothing is changed on the cluster: a rollout in progress holds where it is.
         return _degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
 
-    name = stable_plugin_name(obs.release)
-    live = obs.live_plugins.get(name)
-    if live is not None and not _owned_by(live, obs.release):
-        return _degraded(
-            obs,
-            Trigger.CONFLICT,
-            f"WasmPlugin {obs.release.namespace}/{name} exists and is not owned by this "
-            "FilterRelease; rename the release or delete that WasmPlugin to let it take over",
-        )
+    for name in (stable_plugin_name(obs.release), canary_plugin_name(obs.release)):
+        live = obs.live_plugins.get(name)
+        if live is not None and not _owned_by(live, obs.release):
+            return _degraded(
+                obs,
+                Trigger.CONFLICT,
+                f"WasmPlugin {obs.release.namespace}/{name} exists and is not owned by this "
+                "FilterRelease; rename the release or delete that WasmPlugin to let it take over",
+            )
 
     module = obs.module
     if module is None:
@@ -202,64 +353,373 @@ def decide(obs: Observation) -> Decision:
             obs, Trigger.MODULE_REJECTED, problem + module.message, module_reason=module.reason
         )
 
-    desired = render_wasmplugin(obs.release, obs.spec, module)
-    version = module_version(obs.spec, obs.release.generation, module)
-    write = needs_write(desired, live)
-    trigger = Trigger.WRITE if write else Trigger.IN_SYNC
+    desired = module_version(obs.spec, obs.release.generation, module)
+    stable = last_good(obs)
+    canary = obs.spec.canary
+    verified = _module_condition(
+        obs.status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
+    ).model_copy(update={"module": module})
+    obs = obs.model_copy(update={"status": verified})
+    if canary is None or stable is None or stable.config_hash == desired.config_hash:
+        # No canary strategy, the first release (nothing to canary against), or the stable
+        # version asked for again (e.g. a Git revert during a rollout): one version everywhere.
+        return _direct(obs, desired)
+    return _rollout(obs, canary, stable, desired)
+
+
+def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
+    layout = observed_layout(obs)
+    # A stored desired version keeps the generation it came from while its content is unchanged.
+    if obs.status.applied is not None and obs.status.applied.config_hash == desired.config_hash:
+        desired = desired.model_copy(update={"generation": obs.status.applied.generation})
+    actions, after = _to_actions(
+        obs, layout, Target(stable=desired.config_hash), {desired.config_hash: desired}
+    )
+    name = stable_plugin_name(obs.release)
+    writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
+    trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
     phase = transition(_current_phase(obs.status), trigger)
-    message = f"WasmPlugin {name} carries version {version.version} to every selected proxy"
+    message = f"WasmPlugin {name} carries version {desired.version} to every selected proxy"
     status = _conditions(
         obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
     )
-    status = _module_condition(
-        status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
-    )
+    rollout = obs.status.rollout
+    finished = rollout is not None and rollout.revision == desired.config_hash
     update: dict[str, Any] = {
-        "module": module,
         "phase": phase.value,
         "message": message,
-        "applied": version,
-        # Without a canary strategy there is no analysis to pass: a version that was written and
-        # read back is the last known good one.
-        "stable": version,
+        "applied": desired,
+        # Without a canary there is no analysis to pass: a version that was written and read
+        # back is the last known good one.
+        "stable": desired,
+        "canary": None,
+        "current_step": None,
         "wasm_plugins": (name,),
+        # The last rollout stays on show once it promoted this version; any other is over.
+        "rollout": rollout if finished else None,
+        "history": _remember(obs.status.history, desired, "Released", obs.now)
+        if not finished
+        else obs.status.history,
     }
-    actions: tuple[Action, ...] = ()
-    if write:
+    if writes:
         update["last_applied_time"] = timestamp(obs.now)
-        verb = "Created" if live is None else "Updated"
-        actions = (
-            ApplyWasmPlugin(manifest=desired, created=live is None),
+    status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, None)
+    events: list[Action] = []
+    for write in writes:
+        verb = "Created" if write.created else "Updated"
+        events.append(
             EmitEvent(
                 type="Normal",
                 reason=verb,
-                message=f"{verb} WasmPlugin {name}: version {version.version} "
-                f"(config {version.config_hash}) to every selected proxy",
-            ),
+                message=f"{verb} WasmPlugin {write.name}: version {desired.version} "
+                f"(config {desired.config_hash}) to every selected proxy",
+            )
         )
-    elif obs.status.applied is not None and obs.status.applied.config_hash == version.config_hash:
-        # Nothing to write, and the version is unchanged: keep the generation it came from.
-        update["applied"] = obs.status.applied
-        update["stable"] = obs.status.stable or obs.status.applied
     return Decision(
-        phase=phase, trigger=trigger, status=status.model_copy(update=update), actions=actions
+        phase=phase,
+        trigger=trigger,
+        status=status,
+        actions=(*actions, *events),
+        # Unwinding a split takes more than one decision (widening waits for the canary
+        # plugin's deletion to be observed): come back soon.
+        requeue_after=0.5 if actions and after.split else None,
     )
+
+
+def needs(obs: Observation) -> steps.Needs:
+    """What the next decide() on this observation needs measured or asked: the shell calls
+    this first, fetches the answers, and puts them into the observation."""
+    if isinstance(obs.spec, SpecError) or not isinstance(obs.module, VerifiedModule):
+        return steps.Needs()
+    canary = obs.spec.canary
+    stable = last_good(obs)
+    desired = module_version(obs.spec, obs.release.generation, obs.module)
+    if canary is None or stable is None or stable.config_hash == desired.config_hash:
+        return steps.Needs()
+    rollout = _current_rollout(obs, desired)
+    layout = observed_layout(obs)
+    target = _split_target(rollout, stable, desired, layout)
+    canary_pods = sum(1 for v in layout.pods.values() if v == CANARY)
+    return steps.needs(rollout, canary, converged=not plan(layout, target), canary_pods=canary_pods)
+
+
+def _current_rollout(obs: Observation, desired: ModuleVersion) -> RolloutStatus:
+    rollout = obs.status.rollout
+    if rollout is None or rollout.revision != desired.config_hash:
+        return steps.start(desired.config_hash, obs.now)
+    return rollout
+
+
+def _split_target(
+    rollout: RolloutStatus, stable: ModuleVersion, desired: ModuleVersion, layout: Layout
+) -> Target:
+    if rollout.aborted:
+        return Target(stable=stable.config_hash)
+    if rollout.promoting:
+        return Target(stable=desired.config_hash)
+    count = steps.canary_pod_count(rollout.weight, len(layout.pods))
+    return Target(stable=stable.config_hash, canary=desired.config_hash, canary_pods=count)
+
+
+def _progress(
+    obs: Observation,
+    canary: Canary,
+    rollout: RolloutStatus,
+    stable: ModuleVersion,
+    desired: ModuleVersion,
+) -> tuple[RolloutStatus, float | None, str | None, list[tuple[str, str, str]]]:
+    """Judge a running rollout: (rollout, requeue after, metrics-unavailable message, events)."""
+    layout = observed_layout(obs)
+    converged = not plan(layout, _split_target(rollout, stable, desired, layout))
+    deadline = (
+        obs.spec.progress_deadline_seconds if isinstance(obs.spec, FilterReleaseSpec) else 600
+    )
+    if not converged and steps.since(rollout.step_started_at, obs.now) > deadline:
+        why = f"no progress for {deadline}s (progressDeadlineSeconds)"
+        aborted = rollout.model_copy(update={"aborted": why, "aborted_at": timestamp(obs.now)})
+        return aborted, 0.5, None, [("Warning", "RollingBack", why)]
+    due = obs.analysis_due_in
+    outcome = steps.judge(
+        rollout,
+        canary,
+        converged=converged,
+        now=obs.now,
+        step_results=obs.step_results,
+        background=obs.background_results,
+        gates=obs.gates,
+        next_due=min(CANARY_TICK, due) if due is not None else CANARY_TICK,
+    )
+    judged = outcome.rollout
+    if judged.weight != rollout.weight:
+        # The canary pods change now: analysis counts their traffic from here.
+        judged = judged.model_copy(update={"canary_since": timestamp(obs.now)})
+    return judged, outcome.requeue_after, outcome.metrics_unavailable, list(outcome.events)
+
+
+class _Summary(BaseModel):
+    """How one decision on a rollout reads in the status."""
+
+    trigger: Trigger
+    message: str
+    ready: bool = False
+    progressing: bool = True
+    degraded: bool = False
+    update: dict[str, Any] = {}
+    requeue: float | None = None
+    events: list[tuple[str, str, str]] = []
+
+
+def _rolled_back(
+    obs: Observation,
+    rollout: RolloutStatus,
+    stable: ModuleVersion,
+    desired: ModuleVersion,
+    converged: bool,
+) -> _Summary:
+    message = (
+        f"rolled back from {desired.version}: {rollout.aborted}; every pod runs "
+        f"{stable.version}; change the spec or request retry to try again"
+    )
+    if not converged:
+        return _Summary(
+            trigger=Trigger.ROLLING_BACK,
+            message=message,
+            degraded=True,
+            requeue=0.5,
+            update={"applied": stable},
+        )
+    events = []
+    top = obs.status.history[0] if obs.status.history else None
+    if top is None or top.config_hash != desired.config_hash or top.outcome != "RolledBack":
+        took = steps.since(rollout.aborted_at, obs.now)
+        events.append(
+            (
+                "Warning",
+                "RolledBack",
+                f"every pod back on {stable.version} "
+                f"{took:.1f}s after the decision to roll back: {rollout.aborted}",
+            )
+        )
+    history = _remember(obs.status.history, desired, "RolledBack", obs.now, rollout.aborted)
+    return _Summary(
+        trigger=Trigger.ROLLED_BACK,
+        message=message,
+        progressing=False,
+        degraded=True,
+        update={"history": history, "applied": stable, "canary": None},
+        events=events,
+    )
+
+
+def _promoted(obs: Observation, desired: ModuleVersion, converged: bool) -> _Summary:
+    if not converged:
+        message = f"promoting {desired.version} to every selected proxy"
+        return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=0.5)
+    message = f"{desired.version} promoted: every selected proxy runs it"
+    return _Summary(
+        trigger=Trigger.PROMOTED,
+        message=message,
+        ready=True,
+        progressing=False,
+        events=[("Normal", "Promoted", message)],
+        update={
+            "stable": desired,
+            "applied": desired,
+            "canary": None,
+            "history": _remember(obs.status.history, desired, "Promoted", obs.now),
+        },
+    )
+
+
+def _running(
+    rollout: RolloutStatus, canary: Canary, desired: ModuleVersion, unavailable: str | None
+) -> _Summary:
+    step = steps.current_step(rollout, canary)
+    where = f"step {steps.step_label(rollout, canary)} "
+    where += f"({steps.step_name(step) if step else 'confirm promotion'})"
+    if rollout.paused:
+        message = f"{where} paused ({rollout.paused}): request promote or resume to go on"
+        return _Summary(trigger=Trigger.PAUSED, message=message)
+    if unavailable:
+        message = f"{where} holds: metrics unavailable: {unavailable}"
+        return _Summary(trigger=Trigger.METRICS_UNAVAILABLE, message=message)
+    message = f"{where}: {desired.version} on {rollout.weight}% of the pods"
+    if rollout.gate:
+        message += f"; waiting for {rollout.gate}"
+    return _Summary(trigger=Trigger.ROLLING_OUT, message=message)
+
+
+def _rollout(
+    obs: Observation, canary: Canary, stable: ModuleVersion, desired: ModuleVersion
+) -> Decision:
+    now = obs.now
+    events: list[tuple[str, str, str]] = []
+    requests: list[Action] = []
+    rollout = _current_rollout(obs, desired)
+    if rollout is not obs.status.rollout:
+        events.append(
+            (
+                "Normal",
+                "RolloutStarted",
+                f"rolling out {desired.version} (from "
+                f"{stable.version}) in {len(canary.steps)} steps",
+            )
+        )
+    if obs.request is not None:
+        rollout, event = steps.apply_request(obs.request, rollout, canary, now)
+        events.append(event)
+        requests.append(ConsumeRequest(request=obs.request))
+
+    requeue: float | None = None
+    unavailable: str | None = None
+    if not rollout.aborted and not rollout.promoting:
+        rollout, requeue, unavailable, judged = _progress(obs, canary, rollout, stable, desired)
+        events += judged
+
+    # Plan against the judged rollout: a weight just raised moves pods, and a rollback starts,
+    # in this same decision.
+    layout = observed_layout(obs)
+    target = _split_target(rollout, stable, desired, layout)
+    versions = {stable.config_hash: stable, desired.config_hash: desired}
+    layout_actions, after = _to_actions(obs, layout, target, versions)
+    converged = not layout_actions
+    if rollout.aborted:
+        summary = _rolled_back(obs, rollout, stable, desired, converged)
+    elif rollout.promoting:
+        summary = _promoted(obs, desired, converged)
+    else:
+        summary = _running(rollout, canary, desired, unavailable)
+        summary.requeue = 0.2 if layout_actions else requeue
+    phase = transition(_current_phase(obs.status), summary.trigger)
+    base = obs.status.model_copy(
+        update={
+            "canary": desired,
+            "rollout": rollout,
+            "current_step": steps.step_label(rollout, canary),
+        }
+    )
+    status = _conditions(
+        obs.model_copy(update={"status": base}),
+        ready=summary.ready,
+        progressing=summary.progressing,
+        degraded=summary.degraded,
+        reason=summary.trigger.value,
+        message=summary.message,
+    )
+    plugins = (
+        (stable_plugin_name(obs.release), after.stable),
+        (canary_plugin_name(obs.release), after.canary),
+    )
+    update: dict[str, Any] = {
+        "phase": phase.value,
+        "message": summary.message,
+        "wasm_plugins": tuple(name for name, plugin in plugins if plugin),
+        **summary.update,
+    }
+    if any(isinstance(a, ApplyWasmPlugin) for a in layout_actions):
+        update["last_applied_time"] = timestamp(now)
+    status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, unavailable)
+    return Decision(
+        phase=phase,
+        trigger=summary.trigger,
+        status=status,
+        actions=(*layout_actions, *requests, *_events(events + summary.events)),
+        requeue_after=summary.requeue,
+    )
+
+
+def _metrics_condition(
+    status: FilterReleaseStatus, obs: Observation, unavailable: str | None
+) -> FilterReleaseStatus:
+    old = status.condition(ConditionType.METRICS_UNAVAILABLE)
+    if unavailable is None and old is None:
+        return status  # never set for releases without analysis: keep their status short
+    conds = set_condition(
+        status.conditions,
+        ConditionType.METRICS_UNAVAILABLE,
+        "True" if unavailable else "False",
+        "MeasurementError" if unavailable else "Measuring",
+        unavailable or "",
+        now=obs.now,
+        generation=obs.release.generation,
+    )
+    return status.model_copy(update={"conditions": conds})
+
+
+def action_failed(obs: Observation, decision: Decision, failed: Action, error: str) -> Decision:
+    """The decision to record when the API server refused an action decide() asked for. The
+    actions before it took effect; each is safe on its own, so the cluster is in a safe state,
+    and the next reconcile plans again from what it observes."""
+    return _degraded(
+        obs, Trigger.WRITE_FAILED, f"the API server refused {_describe(failed)}: {error}"
+    )
+
+
+def action_retrying(obs: Observation, decision: Decision, failed: Action, error: str) -> Decision:
+    """The decision to record when an action failed on something transient and will be retried."""
+    return _retrying(obs, Trigger.WRITE_RETRYING, f"retrying {_describe(failed)}: {error}")
 
 
 def write_failed(obs: Observation, decision: Decision, error: str) -> Decision:
-    """The decision to record when the API server refused a write that decide() asked for."""
     failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
-    return _degraded(
-        obs, Trigger.WRITE_FAILED, f"the API server refused WasmPlugin {failed.name}: {error}"
-    )
+    return action_failed(obs, decision, failed, error)
 
 
 def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision:
-    """The decision to record when a write failed on something transient and will be retried."""
     failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
-    return _retrying(
-        obs, Trigger.WRITE_RETRYING, f"retrying the write of WasmPlugin {failed.name}: {error}"
-    )
+    return action_retrying(obs, decision, failed, error)
+
+
+def _describe(action: Action) -> str:
+    match action:
+        case ApplyWasmPlugin():
+            return f"the write of WasmPlugin {action.name}"
+        case DeleteWasmPlugin():
+            return f"the deletion of WasmPlugin {action.name}"
+        case LabelPod():
+            return f"the label {action.key}={action.value} on pod {action.pod}"
+        case _:
+            return action.kind
 
 
 def _retrying(obs: Observation, trigger: Trigger, problem: str) -> Decision:

@@ -14,7 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-TRACK_LABEL = "filterrelease.dev/track"
+from filterrelease.core.analysis import AnalysisSpec, step_analysis_problem
+from filterrelease.core.duration import parse_duration
+from filterrelease.core.tracks import TRACK_PREFIX, is_reserved
+from filterrelease.core.webhooks import Webhooks
 
 
 class _Model(BaseModel):
@@ -46,8 +49,11 @@ class Selector(_Model):
 
     @model_validator(mode="after")
     def _no_reserved_label(self) -> Selector:
-        if TRACK_LABEL in self.match_labels:
-            raise ValueError(f"matchLabels must not use {TRACK_LABEL}: the operator reserves it")
+        if any(is_reserved(k) for k in self.match_labels):
+            raise ValueError(
+                f"matchLabels must not use {TRACK_PREFIX}* labels: the operator sets them to "
+                "split pods between the stable and the canary version"
+            )
         return self
 
 
@@ -98,18 +104,19 @@ class VmConfig(_Model):
     env: tuple[EnvVar, ...] = ()
 
 
+_DURATION = r"^([0-9]+(ms|s|m|h))+$"
+
+
 class Pause(_Model):
-    duration: str | None = Field(default=None, pattern=r"^([0-9]+(ms|s|m|h))+$")
+    duration: str | None = Field(default=None, pattern=_DURATION)
+
+    @property
+    def seconds(self) -> float | None:
+        return parse_duration(self.duration).total_seconds() if self.duration else None
 
 
-class TemplateRef(_Model):
-    name: str
-
-
-class Analysis(_Model):
-    templates: tuple[TemplateRef, ...] = ()
-    # Metric definitions belong to the canary engine; kept opaque until it parses them.
-    metrics: tuple[dict[str, Any], ...] = ()
+# The analysis' models live with its evaluator (core/analysis.py).
+Analysis = AnalysisSpec
 
 
 class Step(_Model):
@@ -124,9 +131,27 @@ class Step(_Model):
         return self
 
 
+class MetricsOutage(_Model):
+    """What to do while the analysis cannot measure (Prometheus unreachable, a query erroring):
+    hold the step (neither promote nor roll back), and optionally roll back past a duration."""
+
+    action: Literal["Hold", "Rollback"] = "Hold"
+    after: str = Field(default="10m", pattern=_DURATION)
+
+    @property
+    def after_seconds(self) -> float:
+        return parse_duration(self.after).total_seconds()
+
+
 class Canary(_Model):
     steps: tuple[Step, ...] = Field(min_length=1)
     analysis: Analysis | None = None
+    # Wasm fast-fail (failed module fetches, VM failures, a broken filter's log lines on the
+    # canary pods) runs for the whole rollout unless turned off: it is what catches the failures
+    # a WasmPlugin change causes that are not in request metrics yet.
+    wasm_fast_fail: bool = True
+    metrics_outage: MetricsOutage = MetricsOutage()
+    webhooks: Webhooks = ()
 
 
 class Strategy(_Model):
@@ -151,7 +176,16 @@ class FilterReleaseSpec(_Model):
     def _one_target(self) -> FilterReleaseSpec:
         if (self.selector is None) == (self.target_refs is None):
             raise ValueError("exactly one of selector or targetRefs must be set")
+        if self.canary is not None and self.selector is None:
+            raise ValueError(
+                "a canary strategy needs spec.selector: the canary moves pods between versions "
+                "by label, which targetRefs cannot express"
+            )
         return self
+
+    @property
+    def canary(self) -> Canary | None:
+        return self.strategy.canary if self.strategy else None
 
 
 class SpecError(BaseModel):
@@ -167,10 +201,10 @@ class SpecError(BaseModel):
 
 # Parts of the API that this operator version does not implement yet. The CRD rejects them too;
 # this check keeps an operator running against a looser CRD from ignoring them.
-NOT_IMPLEMENTED = {
-    ("strategy", "canary"): "spec.strategy.canary is not implemented yet by this version of "
-    "filterrelease: a release goes straight to every selected proxy; remove spec.strategy.canary",
-}
+NOT_IMPLEMENTED_TEMPLATES = (
+    "analysis templates are not implemented yet by this version of filterrelease: "
+    "define the metrics inline in analysis.metrics"
+)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -193,6 +227,12 @@ def parse_spec(raw: object) -> FilterReleaseSpec | SpecError:
             msg = str(e["msg"]).removeprefix("Value error, ")
             problems.append(f"{_location(loc)}: {msg}")
         return SpecError(problems=tuple(problems))
-    if spec.strategy is not None and spec.strategy.canary is not None:
-        return SpecError(problems=(NOT_IMPLEMENTED[("strategy", "canary")],))
+    canary = spec.canary
+    if canary is not None:
+        analyses = [s.analysis for s in canary.steps if s.analysis] + [canary.analysis]
+        if any(a is not None and a.templates for a in analyses):
+            return SpecError(problems=(NOT_IMPLEMENTED_TEMPLATES,))
+        for i, step in enumerate(canary.steps):
+            if step.analysis and (problem := step_analysis_problem(step.analysis.metrics)):
+                return SpecError(problems=(f"spec.strategy.canary.steps[{i}].analysis: {problem}",))
     return spec

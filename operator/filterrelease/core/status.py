@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
+from filterrelease.core.analysis import MetricResult
 from filterrelease.core.module import VerifiedModule
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -30,6 +31,7 @@ class ConditionType(StrEnum):
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
     MODULE_VERIFIED = "ModuleVerified"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
 
 
 class Condition(_Model):
@@ -51,6 +53,38 @@ class ModuleVersion(_Model):
     plugin_config: dict[str, Any] | None = None
     config_hash: str
     generation: int | None = None
+    # The complete WasmPlugin spec of this version (the workload selector, not narrowed to a
+    # track): what a rollback writes back, exactly.
+    content: dict[str, Any] | None = None
+
+
+class RolloutStatus(_Model):
+    """The canary rollout in progress (or the last one, once it ended)."""
+
+    revision: str  # config hash of the version being rolled out
+    started_at: str
+    step: int = 0  # index of the step being run; == number of steps: all done
+    step_started_at: str
+    weight: int = 0  # share of the pods the last setWeight asked for
+    canary_since: str | None = None  # when the canary pods last changed: analysis starts here
+    paused: str | None = None  # why it waits for a person: PauseStep, Inconclusive, Manual
+    promoting: bool = False  # every step passed (or promote --full): the version goes to all
+    aborted: str | None = None  # why it was rolled back; it stays so until the spec changes
+    aborted_at: str | None = None
+    analysis: tuple[MetricResult, ...] = ()  # the current analysis step's metrics
+    background: tuple[MetricResult, ...] = ()  # background analysis and Wasm fast-fail
+    metrics_unavailable_since: str | None = None
+    gate: str | None = None  # the last gate that held the rollout, with its answer
+
+
+class HistoryEntry(_Model):
+    """One version that reached the proxies, newest first in status.history."""
+
+    version: str
+    config_hash: str
+    outcome: str  # Released, Promoted, RolledBack
+    at: str
+    reason: str | None = None
 
 
 class FilterReleaseStatus(_Model):
@@ -66,6 +100,10 @@ class FilterReleaseStatus(_Model):
     # True while pods are split by the release's track label (see core/tracks.py); the pod
     # admission webhook labels new pods stable while it is.
     split: bool | None = None
+    rollout: RolloutStatus | None = None
+    canary_pods: tuple[str, ...] = ()
+    stable_pods: tuple[str, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
     # The last pre-flight resolution: a tag stays pinned to this digest until the spec changes.
     module: VerifiedModule | None = None
     wasm_plugins: tuple[str, ...] = ()

@@ -1,0 +1,337 @@
+"""The canary rollout's steps, gates, analysis and manual requests. Pure; time is an input.
+
+A rollout is recorded in status.rollout and moves forward one decision at a time:
+
+    setWeight w   move ceil(w% of the pods) (at least one) onto the canary track; the step is
+                  done once the layout planner has nothing left to do
+    pause [d]     wait d, or (without d) until a person promotes
+    analysis      measure the canary pods until every metric has its verdict
+    (after the last step) confirm-promotion gates → promote: the new version goes to all
+
+Background analysis and Wasm fast-fail run whenever canary pods exist. A Failed analysis, a
+rollback hook that answers yes, an abort request or a missed progress deadline roll back: the
+stable plugin never stopped carrying the last good content, so rolling back is moving the
+canary pods back and removing the canary plugin (core/layout.py orders that safely). The rollout
+then stays rolled back for this version (no retry loop) until the spec changes or a person asks
+to retry. A measurement that errors (Prometheus unreachable) holds the step: no promotion, no
+rollback, unless spec.strategy.canary.metricsOutage says to roll back after a while.
+
+Nothing here runs a step twice: the step index only moves forward, and it moves in the same
+status write that records the step's outcome, so a crash either loses the whole decision (the
+step is judged again from what is observed) or none of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from filterrelease.core.analysis import (
+    AnalysisPhase,
+    Metric,
+    MetricResult,
+    assess_all,
+)
+from filterrelease.core.spec import Canary, Step
+from filterrelease.core.status import RolloutStatus, timestamp
+from filterrelease.core.webhooks import GateResult, HookType
+
+FAST_FAIL = Metric.model_validate({"name": "wasm-fast-fail", "provider": {"wasm": {}}})
+
+
+class Request(StrEnum):
+    """Manual control, through the filterrelease.dev/request annotation (never the spec, so a
+    GitOps tool sees no drift)."""
+
+    PROMOTE = "promote"  # end the current pause or analysis step and go on
+    PROMOTE_FULL = "promote-full"  # skip the remaining steps and promote now
+    ABORT = "abort"  # roll back now
+    PAUSE = "pause"  # hold where the rollout is
+    RESUME = "resume"  # end a manual pause, or a pause for an inconclusive analysis
+    RETRY = "retry"  # start a rolled-back version's rollout again
+
+
+REQUEST_ANNOTATION = "filterrelease.dev/request"
+
+
+def parse_time(stamp: str) -> datetime:
+    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def since(stamp: str | None, now: datetime) -> float:
+    return (now - parse_time(stamp)).total_seconds() if stamp else 0.0
+
+
+def step_name(step: Step) -> str:
+    if step.set_weight is not None:
+        return f"setWeight {step.set_weight}"
+    if step.pause is not None:
+        return f"pause {step.pause.duration}" if step.pause.duration else "pause (until promoted)"
+    return "analysis"
+
+
+def step_label(rollout: RolloutStatus, canary: Canary) -> str:
+    total = len(canary.steps)
+    if rollout.step >= total:
+        return f"{total}/{total}"
+    return f"{rollout.step + 1}/{total}"
+
+
+def canary_pod_count(weight: int, pods: int) -> int:
+    """A share of the pods, rounded up, and at least one pod for any weight above 0."""
+    if weight <= 0 or pods == 0:
+        return 0
+    return max(1, math.ceil(weight * pods / 100))
+
+
+def start(revision: str, now: datetime) -> RolloutStatus:
+    return RolloutStatus(
+        revision=revision, started_at=timestamp(now), step_started_at=timestamp(now)
+    )
+
+
+def advance(rollout: RolloutStatus, now: datetime) -> RolloutStatus:
+    return rollout.model_copy(
+        update={
+            "step": rollout.step + 1,
+            "step_started_at": timestamp(now),
+            "analysis": (),
+            "paused": None,
+            "gate": None,
+        }
+    )
+
+
+def current_step(rollout: RolloutStatus, canary: Canary) -> Step | None:
+    return canary.steps[rollout.step] if rollout.step < len(canary.steps) else None
+
+
+# --- what the shell must fetch before deciding ---------------------------------------------
+
+
+class Needs(BaseModel):
+    """What a decision on a running rollout needs from the outside: gate answers and
+    measurements. The shell asks for them, then calls decide() with the answers."""
+
+    model_config = ConfigDict(frozen=True)
+    gate: HookType | None = None
+    step_metrics: tuple[Metric, ...] = ()
+    background_metrics: tuple[Metric, ...] = ()
+    rollback_hooks: bool = False
+
+
+def background_metrics(canary: Canary) -> tuple[Metric, ...]:
+    metrics = tuple(canary.analysis.metrics) if canary.analysis else ()
+    return ((FAST_FAIL,) if canary.wasm_fast_fail else ()) + metrics
+
+
+def needs(rollout: RolloutStatus, canary: Canary, *, converged: bool, canary_pods: int) -> Needs:
+    """Gates and measurements for this decision. Analysis only measures canary pods that are
+    running the canary version (a converged layout); gates guard the steps that move pods."""
+    if rollout.aborted or rollout.promoting:
+        return Needs()
+    measuring = converged and canary_pods > 0
+    step = current_step(rollout, canary)
+    gate = None
+    if converged and rollout.paused is None:
+        if step is None:
+            gate = HookType.CONFIRM_PROMOTION
+        elif step.set_weight is not None and rollout.weight == 0:
+            gate = HookType.PRE_ROLLOUT
+    step_metrics: tuple[Metric, ...] = ()
+    if measuring and step is not None and step.analysis is not None and rollout.paused is None:
+        step_metrics = tuple(step.analysis.metrics)
+    return Needs(
+        gate=gate,
+        step_metrics=step_metrics,
+        background_metrics=background_metrics(canary) if measuring else (),
+        rollback_hooks=measuring,
+    )
+
+
+# --- the verdicts ---------------------------------------------------------------------------
+
+
+class Outcome(BaseModel):
+    """One decision on a rollout that is running (neither promoting nor rolled back)."""
+
+    model_config = ConfigDict(frozen=True)
+    rollout: RolloutStatus
+    events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
+    requeue_after: float | None = None
+    metrics_unavailable: str | None = None  # the message, while measurements error
+
+
+def _message(results: tuple[MetricResult, ...], phase: AnalysisPhase) -> str:
+    for r in results:
+        if r.phase == phase:
+            return f"{r.name}: {r.message}" if r.message else r.name
+    return ""
+
+
+def judge(
+    rollout: RolloutStatus,
+    canary: Canary,
+    *,
+    converged: bool,
+    now: datetime,
+    step_results: tuple[MetricResult, ...],
+    background: tuple[MetricResult, ...],
+    gates: Mapping[HookType, GateResult],
+    next_due: float,
+) -> Outcome:
+    """Move a running rollout on, hold it, pause it, or mark it for rollback."""
+    r = rollout.model_copy(update={"background": background or rollout.background})
+    if step_results:
+        r = r.model_copy(update={"analysis": step_results})
+
+    rollback = gates.get(HookType.ROLLBACK)
+    if rollback is not None and rollback.passed:
+        return _abort(r, now, f"a rollback webhook asked for it: {rollback.message}")
+    # Background analysis and fast-fail judge the canary pods whatever the step.
+    if any(m.phase == AnalysisPhase.FAILED for m in background):
+        return _abort(r, now, f"analysis failed: {_message(background, AnalysisPhase.FAILED)}")
+
+    unavailable = None
+    measured = background + step_results
+    if any(m.phase == AnalysisPhase.ERROR for m in measured):
+        unavailable = _message(measured, AnalysisPhase.ERROR)
+        outage = canary.metrics_outage
+        began = r.metrics_unavailable_since or timestamp(now)
+        r = r.model_copy(update={"metrics_unavailable_since": began})
+        if outage.action == "Rollback" and since(began, now) > outage.after_seconds:
+            return _abort(r, now, f"metrics unavailable for over {outage.after}: {unavailable}")
+    elif r.metrics_unavailable_since is not None:
+        r = r.model_copy(update={"metrics_unavailable_since": None})
+
+    if not converged or r.paused is not None:
+        return Outcome(rollout=r, requeue_after=next_due, metrics_unavailable=unavailable)
+    outcome = _judge_step(r, canary, now, gates, next_due)
+    return outcome.model_copy(update={"metrics_unavailable": unavailable})
+
+
+def _abort(rollout: RolloutStatus, now: datetime, reason: str) -> Outcome:
+    aborted = rollout.model_copy(update={"aborted": reason, "aborted_at": timestamp(now)})
+    return Outcome(rollout=aborted, events=(("Warning", "RollingBack", reason),), requeue_after=0.5)
+
+
+def _passed(rollout: RolloutStatus, now: datetime, what: str) -> Outcome:
+    return Outcome(
+        rollout=advance(rollout, now), events=(("Normal", "StepPassed", what),), requeue_after=0.2
+    )
+
+
+def _gate_closed(gates: Mapping[HookType, GateResult], hook: HookType) -> str | None:
+    answer = gates.get(hook)
+    return f"{hook.value}: {answer.message}" if answer is not None and not answer.passed else None
+
+
+def _judge_step(
+    r: RolloutStatus,
+    canary: Canary,
+    now: datetime,
+    gates: Mapping[HookType, GateResult],
+    next_due: float,
+) -> Outcome:
+    """The current step, on a converged layout that is not paused."""
+    step = current_step(r, canary)
+    if step is None:
+        if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
+            return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
+        promoting = r.model_copy(update={"promoting": True, "gate": None})
+        events = (("Normal", "Promoting", "every step passed: promoting"),)
+        return Outcome(rollout=promoting, events=events, requeue_after=0.2)
+
+    label = step_label(r, canary)
+    if step.set_weight is not None:
+        if r.weight == 0 and (closed := _gate_closed(gates, HookType.PRE_ROLLOUT)):
+            return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
+        if r.weight != step.set_weight:
+            # Record the weight first; the layout planner moves the pods in this decision and
+            # the next ones, and the step passes once nothing is left to move.
+            started = r.model_copy(update={"weight": step.set_weight, "gate": None})
+            event = ("Normal", "StepStarted", f"step {label}: setWeight {step.set_weight}")
+            return Outcome(rollout=started, events=(event,), requeue_after=0.2)
+        return _passed(r, now, f"step {label}: {step.set_weight}% of the pods on the canary")
+
+    if step.pause is not None:
+        duration = step.pause.seconds
+        if duration is None:
+            event = ("Normal", "Paused", f"step {label}: paused until promoted")
+            return Outcome(rollout=r.model_copy(update={"paused": "PauseStep"}), events=(event,))
+        waited = since(r.step_started_at, now)
+        if waited < duration:
+            return Outcome(rollout=r, requeue_after=min(duration - waited, next_due))
+        return _passed(r, now, f"step {label}: paused {step.pause.duration}")
+
+    metrics = tuple(step.analysis.metrics) if step.analysis else ()
+    verdict = assess_all(metrics, {m.name: m for m in r.analysis})
+    if verdict == AnalysisPhase.FAILED:
+        why = _message(r.analysis, AnalysisPhase.FAILED)
+        return _abort(r, now, f"step {label} analysis failed: {why}")
+    if verdict == AnalysisPhase.INCONCLUSIVE:
+        why = _message(r.analysis, AnalysisPhase.INCONCLUSIVE)
+        event = (
+            "Warning",
+            "Inconclusive",
+            f"step {label} analysis inconclusive, paused until resumed or promoted: {why}",
+        )
+        return Outcome(rollout=r.model_copy(update={"paused": "Inconclusive"}), events=(event,))
+    if verdict == AnalysisPhase.SUCCESSFUL:
+        return _passed(r, now, f"step {label}: analysis successful")
+    return Outcome(rollout=r, requeue_after=next_due)
+
+
+def apply_request(
+    request: str, rollout: RolloutStatus, canary: Canary, now: datetime
+) -> tuple[RolloutStatus, tuple[str, str, str]]:
+    """A person's request; returns the rollout and the Event that says what was done."""
+    who = "by request"
+    match request:
+        case Request.ABORT if not rollout.aborted and not rollout.promoting:
+            return rollout.model_copy(
+                update={"aborted": f"aborted {who}", "aborted_at": timestamp(now)}
+            ), ("Warning", "RollingBack", f"aborted {who}: rolling back")
+        case Request.PROMOTE_FULL if not rollout.aborted and not rollout.promoting:
+            return rollout.model_copy(update={"promoting": True, "paused": None}), (
+                "Normal",
+                "Promoting",
+                f"promoted {who}, skipping the remaining steps",
+            )
+        case Request.PROMOTE if not rollout.aborted and not rollout.promoting:
+            step = current_step(rollout, canary)
+            if step is not None and step.set_weight is not None:
+                # A weight step only moves pods: promoting past it would skip the move.
+                return rollout.model_copy(update={"paused": None}), (
+                    "Normal",
+                    "Resumed",
+                    f"promote {who}: resumed",
+                )
+            return advance(rollout, now), (
+                "Normal",
+                "StepPassed",
+                f"step {step_label(rollout, canary)} promoted {who}",
+            )
+        case Request.PAUSE if not rollout.aborted and not rollout.promoting:
+            return rollout.model_copy(update={"paused": "Manual"}), (
+                "Normal",
+                "Paused",
+                f"paused {who}",
+            )
+        case Request.RESUME if rollout.paused in ("Manual", "Inconclusive"):
+            return rollout.model_copy(update={"paused": None, "analysis": ()}), (
+                "Normal",
+                "Resumed",
+                f"resumed {who}",
+            )
+        case Request.RETRY if rollout.aborted:
+            return start(rollout.revision, now), ("Normal", "Retrying", f"rollout restarted {who}")
+    return rollout, (
+        "Warning",
+        "RequestIgnored",
+        f"request {request!r} does not apply now (see README: manual control)",
+    )

@@ -161,6 +161,12 @@ def test_metadata_values_are_strings_as_in_flagger() -> None:
     assert "metadata" in problem(metadata={"clone": 100})
 
 
+def test_metadata_is_bounded_as_in_the_crd() -> None:
+    assert "metadata" in problem(metadata={f"k{i}": "v" for i in range(65)})
+    assert "metadata" in problem(metadata={"cmd": "x" * 4097})
+    assert len(hook(metadata={f"k{i}": "x" * 4096 for i in range(64)}).metadata) == 64
+
+
 def test_names_are_unique() -> None:
     twice = [FLAGGER_DOC_HOOKS[0], FLAGGER_DOC_HOOKS[0]]
     with pytest.raises(ValidationError, match="'helm test' is used twice"):

@@ -86,7 +86,10 @@ class Webhook(_Model):
     type: HookType
     url: str = Field(min_length=1, max_length=2048)
     timeout: str = Field(default=DEFAULT_TIMEOUT, pattern=_DURATION)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    # Bounded like the CRD, whose CEL rules need bounds to fit the API server's cost budget.
+    metadata: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64
+    )
 
     @field_validator("type", mode="before")
     @classmethod

@@ -30,6 +30,11 @@ class Settings(BaseModel):
     dry_run: bool = True
     envoy_binary: str = ""
     log_level: str = "INFO"
+    # Where canary analysis queries Istio's metrics; empty: every measurement is an Error, so
+    # a rollout with analysis holds rather than promote unmeasured.
+    prometheus_url: str = ""
+    # Per Prometheus query or pod log read during analysis.
+    analysis_timeout_seconds: float = Field(default=5.0, gt=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

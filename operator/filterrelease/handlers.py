@@ -20,9 +20,12 @@ from typing import Any
 
 import kopf
 
+from filterrelease.analyzer import Analyzer
 from filterrelease.config import Settings
 from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
-from filterrelease.kube.api import ISTIO_GROUP, KubeApi, KubeError, load_api_client
+from filterrelease.kube.api import ISTIO_GROUP, ApiClient, KubeApi, KubeError, load_api_client
+from filterrelease.kube.podlogs import PodLogs
+from filterrelease.notify import Notifier
 from filterrelease.preflight import Preflight
 from filterrelease.providers.dryrun import EnvoyDryRun
 from filterrelease.providers.envoy import find_envoy
@@ -48,21 +51,39 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         configure_kopf(settings)
-        kube = KubeApi(load_api_client(), field_manager=config.field_manager)
+        api_client = load_api_client()
+        kube = KubeApi(api_client, field_manager=config.field_manager)
         metrics = Metrics()
         if config.metrics_port:
             metrics.serve(config.metrics_address, config.metrics_port)
         memo.kube = kube
         registry = RegistryClient(timeout=config.registry_timeout_seconds)
         preflight = Preflight(kube, registry, metrics, dry_run_for(config))
-        memo.reconciler = Reconciler(kube, preflight, metrics, _now)
-        memo.resync = asyncio.create_task(resync_forever(memo.reconciler, kube, config))
+        memo.analyzer = analyzer_for(config, api_client)
+        memo.notifier = Notifier()
+        memo.requeues = Requeues()
+        memo.reconciler = Reconciler(
+            kube,
+            preflight,
+            metrics,
+            _now,
+            measurer=memo.analyzer,
+            notifier=memo.notifier,
+        )
+        memo.requeues.reconciler = memo.reconciler
+        memo.resync = asyncio.create_task(
+            resync_forever(memo.reconciler, kube, config, memo.requeues)
+        )
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         memo.resync.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await memo.resync
+        await memo.requeues.close()
+        await memo.notifier.aclose()
+        if memo.analyzer is not None:
+            memo.analyzer.close()
         memo.kube.close()
 
     @kopf.on.event(GROUP, "v1alpha1", "filterreleases", registry=registry)
@@ -74,7 +95,7 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         if type == "DELETED":
             memo.reconciler.forget(namespace, name)
             return
-        await reconcile_logged(memo.reconciler, namespace, name)
+        await reconcile_logged(memo.reconciler, namespace, name, requeues=memo.requeues)
 
     @kopf.on.event(
         ISTIO_GROUP,
@@ -88,7 +109,16 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
     ) -> None:
         # A WasmPlugin we own changed or went away (someone edited or deleted it): put it back.
         if namespace and (owner := labels.get(LABEL_RELEASE)):
-            await reconcile_logged(memo.reconciler, namespace, owner)
+            await reconcile_logged(memo.reconciler, namespace, owner, requeues=memo.requeues)
+
+
+def analyzer_for(config: Settings, api_client: ApiClient) -> Analyzer | None:
+    if not config.prometheus_url:
+        log.warning("no FILTERRELEASE_PROMETHEUS_URL: canary analysis cannot measure (holds)")
+        return None
+    timeout = config.analysis_timeout_seconds
+    logs = PodLogs(api_client, timeout=timeout)
+    return Analyzer(config.prometheus_url, logs.read, timeout=timeout)
 
 
 def dry_run_for(config: Settings) -> EnvoyDryRun | None:
@@ -121,12 +151,57 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
+class Requeues:
+    """Reconciles asked for by a decision (a canary step, a pause ending, a measurement due):
+    at most one pending per release, the earliest wins. Timers, not sleeping tasks, so a
+    thousand paused rollouts cost nothing."""
+
+    def __init__(self) -> None:
+        self._timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.reconciler: Reconciler | None = None
+
+    def schedule(self, namespace: str, name: str, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        key = (namespace, name)
+        when = loop.time() + delay
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending[0] <= when:
+                return
+            pending[1].cancel()
+        self._timers[key] = (when, loop.call_at(when, self._fire, key))
+
+    def _fire(self, key: tuple[str, str]) -> None:
+        self._timers.pop(key, None)
+        if self.reconciler is None:
+            return
+        task = asyncio.create_task(reconcile_logged(self.reconciler, *key, requeues=self))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for _, timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 async def reconcile_logged(
-    reconciler: Reconciler, namespace: str, name: str, delays: tuple[float, ...] = RETRY_DELAYS
+    reconciler: Reconciler,
+    namespace: str,
+    name: str,
+    delays: tuple[float, ...] = RETRY_DELAYS,
+    *,
+    requeues: Requeues | None = None,
 ) -> None:
     for delay in (*delays, None):
         try:
             decision = await reconciler.reconcile(namespace, name)
+            if decision is not None and decision.requeue_after is not None and requeues:
+                requeues.schedule(namespace, name, decision.requeue_after)
             if decision is None or not decision.retry or delay is None:
                 return
             reason = decision.trigger.value
@@ -140,7 +215,9 @@ async def reconcile_logged(
         await asyncio.sleep(delay)
 
 
-async def resync_forever(reconciler: Reconciler, kube: KubeApi, settings: Settings) -> None:
+async def resync_forever(
+    reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
+) -> None:
     while True:
         await asyncio.sleep(settings.resync_seconds)
         for namespace in settings.namespaces or (None,):
@@ -152,4 +229,6 @@ async def resync_forever(reconciler: Reconciler, kube: KubeApi, settings: Settin
             for body in releases:
                 meta = body["metadata"]
                 # No backoff here: one failing release must not hold up the others' resync.
-                await reconcile_logged(reconciler, meta["namespace"], meta["name"], delays=())
+                await reconcile_logged(
+                    reconciler, meta["namespace"], meta["name"], delays=(), requeues=requeues
+                )

@@ -8,24 +8,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from filterrelease.core.actions import ApplyWasmPlugin, EmitEvent
-from filterrelease.core.render import ReleaseRef, stable_plugin_name
+from filterrelease.core import analysis
+from filterrelease.core.actions import (
+    Action,
+    ApplyWasmPlugin,
+    ConsumeRequest,
+    DeleteWasmPlugin,
+    EmitEvent,
+    LabelPod,
+    MarkSplit,
+)
+from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
+from filterrelease.core.canary import (
+    REQUEST_ANNOTATION,
+    Needs,
+    background_metrics,
+    current_step,
+    parse_time,
+)
+from filterrelease.core.render import (
+    ReleaseRef,
+    canary_plugin_name,
+    live_plugin_state,
+    stable_plugin_name,
+)
 from filterrelease.core.rollout import (
+    FLAGGER_PHASE,
     Decision,
     Observation,
+    action_failed,
+    action_retrying,
     decide,
-    write_failed,
-    write_retrying,
+    needs,
 )
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
-from filterrelease.core.status import FilterReleaseStatus
+from filterrelease.core.status import FilterReleaseStatus, merge_patch
+from filterrelease.core.tracks import CANARY, track_label
+from filterrelease.core.webhooks import Event, GateResult, HookType, Subject
 from filterrelease.kube.api import KubeApi, KubeError
+from filterrelease.notify import Notifier, gate
 from filterrelease.preflight import Preflight
 from filterrelease.telemetry import Metrics
 
@@ -42,6 +69,34 @@ def _status(raw: object) -> FilterReleaseStatus:
         return FilterReleaseStatus()
 
 
+class Measurer(Protocol):
+    """Takes the measurements that are due (filterrelease.analyzer.Analyzer)."""
+
+    async def measure_due(
+        self,
+        metrics: Sequence[Metric],
+        results: Mapping[str, MetricResult],
+        target: AnalysisTarget,
+        now: datetime,
+        step_started: datetime,
+    ) -> tuple[MetricResult, ...]: ...
+
+
+class SplitListener(Protocol):
+    """Told, before anything relies on it, that a release's pods are (or no longer are) split,
+    so that the pod admission webhook labels new pods from that moment on."""
+
+    def __call__(
+        self, namespace: str, name: str, match_labels: dict[str, str], split: bool
+    ) -> None: ...
+
+
+def _no_split_listener(
+    namespace: str, name: str, match_labels: dict[str, str], split: bool
+) -> None:
+    return None
+
+
 class Reconciler:
     def __init__(
         self,
@@ -49,11 +104,18 @@ class Reconciler:
         preflight: Preflight,
         metrics: Metrics,
         clock: Callable[[], datetime],
+        *,
+        measurer: Measurer | None = None,
+        notifier: Notifier | None = None,
+        on_split: SplitListener = _no_split_listener,
     ) -> None:
         self._kube = kube
         self._preflight = preflight
         self._metrics = metrics
         self._clock = clock
+        self._measurer = measurer
+        self._notifier = notifier
+        self._on_split = on_split
         # One reconcile at a time per release: watch events and the resync loop may overlap.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -80,6 +142,7 @@ class Reconciler:
             self.forget(namespace, name)
             return None
         obs = await self._observe(body)
+        obs = await self._answer(obs, needs(obs))
         decision = decide(obs)
         decision = await self._execute(body, obs, decision)
         self._metrics.reconciles.labels(namespace, name, decision.trigger.value).inc()
@@ -94,11 +157,15 @@ class Reconciler:
             uid=meta["uid"],
             generation=int(meta.get("generation") or 1),
         )
-        live_name = stable_plugin_name(release)
-        live = await self._kube.get_wasmplugin(release.namespace, live_name)
+        names = (stable_plugin_name(release), canary_plugin_name(release))
+        found = await asyncio.gather(
+            *(self._kube.get_wasmplugin(release.namespace, n) for n in names)
+        )
+        live = {n: p for n, p in zip(names, found, strict=True) if p is not None}
         spec = parse_spec(body.get("spec"))
         status = _status(body.get("status"))
         module = None
+        pods: dict[str, dict[str, str]] = {}
         if isinstance(spec, FilterReleaseSpec):
             module = await self._preflight.verify(
                 release.namespace,
@@ -107,46 +174,178 @@ class Reconciler:
                 release.generation,
                 status.module,
             )
+            if spec.selector is not None and _pods_matter(spec, status, release, live):
+                pods = await self._kube.list_pods(release.namespace, spec.selector.match_labels)
         return Observation(
             release=release,
             spec=spec,
             status=status,
-            live_plugins={live_name: live} if live is not None else {},
+            live_plugins=live,
             module=module,
             now=self._clock(),
+            pods=pods,
+            request=(meta.get("annotations") or {}).get(REQUEST_ANNOTATION),
         )
+
+    async def _answer(self, obs: Observation, need: Needs) -> Observation:
+        """Ask the gates and take the measurements decide() needs, concurrently."""
+        if not (need.gate or need.rollback_hooks or need.step_metrics or need.background_metrics):
+            if need.step_results or need.background_results:
+                due = self._due_in(obs, need)
+                return obs.model_copy(update=_results(need) | {"analysis_due_in": due})
+            return obs
+        spec = obs.spec
+        if not isinstance(spec, FilterReleaseSpec) or spec.canary is None:
+            raise TypeError("only a canary rollout needs gates and measurements")
+        hooks = spec.canary.webhooks
+        subject = Subject(
+            name=obs.release.name,
+            namespace=obs.release.namespace,
+            phase="Progressing",
+            checksum=need.checksum,
+        )
+        gates: dict[HookType, GateResult] = {}
+
+        async def ask(hook_type: HookType) -> None:
+            if any(h.type is hook_type for h in hooks):
+                gates[hook_type] = await gate(hooks, hook_type, subject)
+
+        async def measure(
+            metrics: tuple[Metric, ...], results: tuple[MetricResult, ...]
+        ) -> tuple[MetricResult, ...]:
+            if not metrics:
+                return results
+            new = await self._measure(obs, need, metrics, results)
+            by_name = {r.name: r for r in results} | {r.name: r for r in new}
+            return tuple(by_name.values())
+
+        jobs: list[Any] = []
+        if need.gate:
+            jobs.append(ask(need.gate))
+        if need.rollback_hooks:
+            jobs.append(ask(HookType.ROLLBACK))
+        step_job = measure(need.step_metrics, need.step_results)
+        background_job = measure(need.background_metrics, need.background_results)
+        *_, step_results, background_results = await asyncio.gather(*jobs, step_job, background_job)
+        answered = need.model_copy(
+            update={"step_results": step_results, "background_results": background_results}
+        )
+        return obs.model_copy(
+            update=_results(answered)
+            | {"gates": gates, "analysis_due_in": self._due_in(obs, answered)}
+        )
+
+    async def _measure(
+        self,
+        obs: Observation,
+        need: Needs,
+        metrics: tuple[Metric, ...],
+        results: tuple[MetricResult, ...],
+    ) -> tuple[MetricResult, ...]:
+        spec = obs.spec
+        if not isinstance(spec, FilterReleaseSpec) or spec.selector is None:
+            raise TypeError("only a canary rollout of a selector is measured")
+        track = track_label(obs.release.name)
+        target = AnalysisTarget(
+            namespace=obs.release.namespace,
+            workload_selector=spec.selector.match_labels,
+            canary_pods=tuple(sorted(p for p, lb in obs.pods.items() if lb.get(track) == CANARY)),
+            stable_pods=tuple(sorted(p for p, lb in obs.pods.items() if lb.get(track) != CANARY)),
+            since=parse_time(need.canary_since or need.step_started_at or ""),
+        )
+        if self._measurer is None:
+            now = obs.now
+            stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            out = []
+            prior = {r.name: r for r in results}
+            for metric in metrics:
+                m = analysis.Measurement(
+                    metric=metric.name,
+                    phase=analysis.MeasurementPhase.ERROR,
+                    message="no Prometheus configured (FILTERRELEASE_PROMETHEUS_URL)",
+                    started_at=stamp,
+                    finished_at=stamp,
+                )
+                out.append(analysis.record(metric, prior.get(metric.name), m))
+            return tuple(out)
+        return await self._measurer.measure_due(
+            metrics,
+            {r.name: r for r in results},
+            target,
+            obs.now,
+            parse_time(need.step_started_at or ""),
+        )
+
+    def _due_in(self, obs: Observation, need: Needs) -> float | None:
+        spec = obs.spec
+        if not isinstance(spec, FilterReleaseSpec) or spec.canary is None:
+            return None
+        rollout = obs.status.rollout
+        metrics = list(background_metrics(spec.canary))
+        if rollout is not None and (step := current_step(rollout, spec.canary)) and step.analysis:
+            metrics += step.analysis.metrics
+        results = {r.name: r for r in need.step_results + need.background_results}
+        started = parse_time(need.step_started_at) if need.step_started_at else obs.now
+        wait = analysis.requeue_after(metrics, results, obs.now, started)
+        return wait.total_seconds() if wait is not None else None
 
     async def _execute(
         self, body: dict[str, Any], obs: Observation, decision: Decision
     ) -> Decision:
         retry: KubeError | None = None
         for action in decision.actions:
-            if not isinstance(action, ApplyWasmPlugin):
+            if isinstance(action, EmitEvent):
                 continue
             try:
-                await self._kube.apply_wasmplugin(action.manifest)
+                await self._act(obs, action)
             except KubeError as err:
-                # Nothing was written: the WasmPlugin still carries what it carried before.
+                # What ran before took effect and is safe on its own (core/layout.py); what
+                # follows did not run. The next reconcile plans again from what it observes.
                 if err.retriable:
                     self._metrics.wasmplugin_writes.labels("retrying").inc()
-                    decision, retry = write_retrying(obs, decision, err.message), err
+                    decision, retry = action_retrying(obs, decision, action, err.message), err
                 else:
                     self._metrics.wasmplugin_writes.labels("refused").inc()
-                    decision = write_failed(obs, decision, err.message)
+                    decision = action_failed(obs, decision, action, err.message)
                 break
-            self._metrics.wasmplugin_writes.labels("created" if action.created else "updated").inc()
         for action in decision.actions:
             if isinstance(action, EmitEvent):
-                await self._emit(body, action)
-        if decision.status.to_body() != obs.status.to_body():
-            await self._kube.patch_release_status(
-                obs.release.namespace, obs.release.name, decision.status.to_body()
-            )
+                await self._emit(body, action, decision)
+        old = obs.status.to_body()
+        patch = merge_patch(body.get("status") or {}, decision.status.to_body())
+        if decision.status.to_body() != old and patch:
+            await self._kube.patch_release_status(obs.release.namespace, obs.release.name, patch)
         if retry is not None:
             raise retry  # the caller retries with backoff
         return decision
 
-    async def _emit(self, body: dict[str, Any], event: EmitEvent) -> None:
+    async def _act(self, obs: Observation, action: Action) -> None:
+        ns = obs.release.namespace
+        match action:
+            case ApplyWasmPlugin():
+                await self._kube.apply_wasmplugin(action.manifest)
+                verb = "created" if action.created else "updated"
+                self._metrics.wasmplugin_writes.labels(verb).inc()
+            case DeleteWasmPlugin():
+                await self._kube.delete_wasmplugin(ns, action.name, action.uid)
+            case LabelPod():
+                await self._kube.label_pod(ns, action.pod, action.key, action.value)
+            case MarkSplit():
+                spec = obs.spec
+                labels = (
+                    spec.selector.match_labels
+                    if isinstance(spec, FilterReleaseSpec) and spec.selector
+                    else {}
+                )
+                # Admission first, then the record: from here on new pods get a track label.
+                self._on_split(ns, obs.release.name, labels, action.split)
+                await self._kube.patch_release_status(
+                    ns, obs.release.name, {"split": True if action.split else None}
+                )
+            case ConsumeRequest():
+                await self._kube.remove_release_annotation(ns, obs.release.name, REQUEST_ANNOTATION)
+
+    async def _emit(self, body: dict[str, Any], event: EmitEvent, decision: Decision) -> None:
         try:
             await self._kube.emit_event(
                 body,
@@ -158,3 +357,37 @@ class Reconciler:
         except KubeError as err:
             # An Event is a notification: losing one must not stop the release.
             log.warning("could not post event %s: %s", event.reason, err)
+        spec = parse_spec(body.get("spec"))
+        if self._notifier is None or not isinstance(spec, FilterReleaseSpec) or not spec.canary:
+            return
+        meta = body["metadata"]
+        rollout = decision.status.rollout
+        subject = Subject(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            phase=FLAGGER_PHASE.get(decision.trigger, "Succeeded"),
+            checksum=rollout.revision if rollout else "",
+        )
+        self._notifier.send(
+            spec.canary.webhooks,
+            subject,
+            Event(message=f"{event.reason}: {event.message}", type=event.type, time=self._clock()),
+        )
+
+
+def _results(need: Needs) -> dict[str, Any]:
+    return {"step_results": need.step_results, "background_results": need.background_results}
+
+
+def _pods_matter(
+    spec: FilterReleaseSpec,
+    status: FilterReleaseStatus,
+    release: ReleaseRef,
+    live: dict[str, dict[str, Any]],
+) -> bool:
+    """Pod labels only matter while a release is (or is becoming, or was) split: a release
+    without a canary strategy that never split needs no pod list at each resync."""
+    if spec.canary is not None or status.split or canary_plugin_name(release) in live:
+        return True
+    stable = live_plugin_state(release, live.get(stable_plugin_name(release)))
+    return stable is not None and stable.narrowed

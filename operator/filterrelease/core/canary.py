@@ -56,6 +56,8 @@ class Request(StrEnum):
 
 
 REQUEST_ANNOTATION = "filterrelease.dev/request"
+# The shortest time between two measurements of one metric (see _not_just_measured).
+MIN_GAP = 1.5
 
 
 def parse_time(stamp: str) -> datetime:
@@ -115,13 +117,19 @@ def current_step(rollout: RolloutStatus, canary: Canary) -> Step | None:
 
 class Needs(BaseModel):
     """What a decision on a running rollout needs from the outside: gate answers and
-    measurements. The shell asks for them, then calls decide() with the answers."""
+    measurements (with the results so far, which the shell adds the new ones to). The shell
+    asks for them, then calls decide() with the answers."""
 
     model_config = ConfigDict(frozen=True)
     gate: HookType | None = None
     step_metrics: tuple[Metric, ...] = ()
     background_metrics: tuple[Metric, ...] = ()
     rollback_hooks: bool = False
+    step_results: tuple[MetricResult, ...] = ()
+    background_results: tuple[MetricResult, ...] = ()
+    step_started_at: str | None = None
+    canary_since: str | None = None  # analysis counts the canary pods' traffic from here
+    checksum: str = ""  # the version rolled out, for webhook payloads
 
 
 def background_metrics(canary: Canary) -> tuple[Metric, ...]:
@@ -129,11 +137,25 @@ def background_metrics(canary: Canary) -> tuple[Metric, ...]:
     return ((FAST_FAIL,) if canary.wasm_fast_fail else ()) + metrics
 
 
-def needs(rollout: RolloutStatus, canary: Canary, *, converged: bool, canary_pods: int) -> Needs:
+def _not_just_measured(
+    metrics: tuple[Metric, ...], results: tuple[MetricResult, ...], now: datetime
+) -> tuple[Metric, ...]:
+    """Leave out metrics measured less than MIN_GAP ago. A Wasm fast-fail metric is due at
+    every decision, and every measurement changes the status, whose watch event asks for
+    another decision: without a gap that would measure in a tight loop."""
+    last = {r.name: parse_time(r.measurements[-1].finished_at) for r in results if r.measurements}
+    return tuple(
+        m for m in metrics if m.name not in last or (now - last[m.name]).total_seconds() >= MIN_GAP
+    )
+
+
+def needs(
+    rollout: RolloutStatus, canary: Canary, *, converged: bool, canary_pods: int, now: datetime
+) -> Needs:
     """Gates and measurements for this decision. Analysis only measures canary pods that are
     running the canary version (a converged layout); gates guard the steps that move pods."""
     if rollout.aborted or rollout.promoting:
-        return Needs()
+        return Needs(checksum=rollout.revision)
     measuring = converged and canary_pods > 0
     step = current_step(rollout, canary)
     gate = None
@@ -145,11 +167,17 @@ def needs(rollout: RolloutStatus, canary: Canary, *, converged: bool, canary_pod
     step_metrics: tuple[Metric, ...] = ()
     if measuring and step is not None and step.analysis is not None and rollout.paused is None:
         step_metrics = tuple(step.analysis.metrics)
+    background = background_metrics(canary) if measuring else ()
     return Needs(
         gate=gate,
-        step_metrics=step_metrics,
-        background_metrics=background_metrics(canary) if measuring else (),
+        step_metrics=_not_just_measured(step_metrics, rollout.analysis, now),
+        background_metrics=_not_just_measured(background, rollout.background, now),
         rollback_hooks=measuring,
+        step_results=rollout.analysis,
+        background_results=rollout.background,
+        step_started_at=rollout.step_started_at,
+        canary_since=rollout.canary_since or rollout.step_started_at,
+        checksum=rollout.revision,
     )
 
 

@@ -111,6 +111,17 @@ RETRY_SOON = frozenset({Trigger.WRITE_RETRYING, Trigger.MODULE_UNAVAILABLE})
 CANARY_TICK = 2.0
 HISTORY_LIMIT = 10
 
+# What a Flagger webhook receiver is told the rollout is doing.
+FLAGGER_PHASE = {
+    Trigger.ROLLING_OUT: "Progressing",
+    Trigger.METRICS_UNAVAILABLE: "Progressing",
+    Trigger.PAUSED: "Waiting",
+    Trigger.PROMOTING: "Promoting",
+    Trigger.PROMOTED: "Succeeded",
+    Trigger.ROLLING_BACK: "Failed",
+    Trigger.ROLLED_BACK: "Failed",
+}
+
 
 class Observation(BaseModel):
     """Everything decide() may look at, gathered by the shell in one pass."""
@@ -440,7 +451,9 @@ def needs(obs: Observation) -> steps.Needs:
     layout = observed_layout(obs)
     target = _split_target(rollout, stable, desired, layout)
     canary_pods = sum(1 for v in layout.pods.values() if v == CANARY)
-    return steps.needs(rollout, canary, converged=not plan(layout, target), canary_pods=canary_pods)
+    return steps.needs(
+        rollout, canary, converged=not plan(layout, target), canary_pods=canary_pods, now=obs.now
+    )
 
 
 def _current_rollout(obs: Observation, desired: ModuleVersion) -> RolloutStatus:

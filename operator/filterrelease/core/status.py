@@ -144,3 +144,21 @@ def set_condition(
     others = tuple(c for c in conditions if c.type != type_)
     order = {t.value: i for i, t in enumerate(ConditionType)}
     return tuple(sorted((*others, new), key=lambda c: order.get(c.type, len(order))))
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: a merge patch only adds and
+    replaces, so every key `new` drops must be sent as null, at every depth of nested objects
+    (a rollout's `paused` cleared, `split` turned off), or the stale value would stay."""
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif value != before:
+            patch[key] = value
+    return patch

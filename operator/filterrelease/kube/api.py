@@ -55,6 +55,10 @@ def _error(exc: Exception) -> KubeError:
     return KubeError(0, f"{type(exc).__name__}: {exc}")
 
 
+# Re-exported so the shell can pass the client around without importing `kubernetes`.
+ApiClient = client.ApiClient
+
+
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (KUBECONFIG)."""
     try:
@@ -156,6 +160,54 @@ class KubeApi:
             _content_type="application/apply-patch+yaml",
         )  # fmt: skip
         return body
+
+    async def delete_wasmplugin(self, namespace: str, name: str, uid: str | None) -> None:
+        """Delete one WasmPlugin; with a uid, only that object (a plugin recreated under the
+        same name by someone else is left alone). Gone already counts as done."""
+        body: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}
+        try:
+            await self._call(
+                self._custom.delete_namespaced_custom_object,
+                ISTIO_GROUP, ISTIO_VERSION, namespace, WASMPLUGIN_PLURAL, name, body=body,
+            )  # fmt: skip
+        except KubeError as err:
+            if not err.not_found:
+                raise
+
+    # Pods
+
+    async def list_pods(
+        self, namespace: str, match_labels: dict[str, str]
+    ) -> dict[str, dict[str, str]]:
+        """Live pods the selector matches (terminating ones left out: they are going away and
+        keep what they run), name → labels."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
+        found = await self._call(self._core.list_namespaced_pod, namespace, label_selector=selector)
+        return {
+            pod.metadata.name: dict(pod.metadata.labels or {})
+            for pod in found.items
+            if pod.metadata.deletion_timestamp is None
+        }
+
+    async def label_pod(self, namespace: str, name: str, key: str, value: str | None) -> bool:
+        """Set (None: remove) one label; False when the pod is gone."""
+        patch = {"metadata": {"labels": {key: value}}}
+        try:
+            await self._call(self._core.patch_namespaced_pod, name, namespace, patch)
+        except KubeError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
+
+    async def remove_release_annotation(self, namespace: str, name: str, key: str) -> None:
+        """Consume a manual request: the annotation goes, the spec is never touched."""
+        await self._call(
+            self._custom.patch_namespaced_custom_object,
+            GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name,
+            {"metadata": {"annotations": {key: None}}},
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
     # Secrets
 

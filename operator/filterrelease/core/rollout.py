@@ -426,6 +426,16 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
                 f"(config {desired.config_hash}) to every selected proxy",
             )
         )
+    if obs.request is not None:
+        # Nothing to promote, abort or pause: say so once and clear the request.
+        actions.append(ConsumeRequest(request=obs.request))
+        events.append(
+            EmitEvent(
+                type="Warning",
+                reason="RequestIgnored",
+                message=f"request {obs.request!r} ignored: no canary rollout is in progress",
+            )
+        )
     return Decision(
         phase=phase,
         trigger=trigger,

@@ -337,7 +337,7 @@ def test_manual_requests_pause_resume_promote_full_abort_and_retry() -> None:
     for _ in range(10):
         world.tick()
     assert world.status.phase == Phase.PAUSED
-    assert world.status.rollout.paused == "PauseStep"
+    assert (world.status.rollout and world.status.rollout.paused) == "PauseStep"
     world.request = "promote"
     world.tick()
     assert world.request is None  # consumed

@@ -240,17 +240,26 @@ def test_wasm_fails_at_the_first_failure_whatever_the_limit() -> None:
     assert run(m, [S, F]).phase == AnalysisPhase.FAILED
 
 
-def test_wasm_records_successes_and_errors_once_an_interval_failures_at_once() -> None:
+def test_wasm_records_repeated_successes_once_an_interval_failures_at_once() -> None:
     m = metric(provider={"wasm": {}}, interval="30s", count=2)
     tick = timedelta(seconds=5)
     result = record(m, None, m_at(S, T0))
     for i in range(1, 6):  # five reconciles within the interval: nothing new to write
         assert record(m, result, m_at(S, T0 + i * tick)) is result
-        assert record(m, result, m_at(E, T0 + i * tick)) is result
     failed = record(m, result, m_at(F, T0 + tick))
     assert failed.phase == AnalysisPhase.FAILED
     result = record(m, result, m_at(S, T0 + 6 * tick))
     assert (result.count, result.phase) == (2, AnalysisPhase.SUCCESSFUL)
+
+
+def test_wasm_records_a_change_of_phase_at_once() -> None:
+    m = metric(provider={"wasm": {}}, interval="1m")
+    second = timedelta(seconds=1)
+    outage = record(m, record(m, None, m_at(S, T0)), m_at(E, T0 + second))
+    assert outage.phase == AnalysisPhase.ERROR
+    assert record(m, outage, m_at(E, T0 + 2 * second)) is outage
+    recovered = record(m, outage, m_at(S, T0 + 3 * second))
+    assert (recovered.phase, recovered.count, recovered.error) == (AnalysisPhase.RUNNING, 2, 1)
 
 
 # -- scheduling -----------------------------------------------------------------------------

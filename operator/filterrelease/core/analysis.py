@@ -6,9 +6,10 @@ The semantics are Argo Rollouts' (`assessMetricStatus`), with two deliberate dif
   measurement sees a full interval of canary traffic; Argo needs `initialDelay` for that), then
   one interval after the previous measurement finished. The `wasm` provider is different: it
   is measured at every reconcile, so a module that cannot be fetched or crashes fails the
-  analysis at once; its Successful and Error measurements are recorded at most once an
-  interval (recording each would rewrite the status at every reconcile and make the status
-  write itself trigger the next reconcile).
+  analysis at once; a Successful or Error measurement that repeats the previous one is
+  recorded at most once an interval (recording each would rewrite the status at every
+  reconcile and make the status write itself trigger the next reconcile); a change of phase
+  is recorded at once.
 * Guards. A metric without `count` runs until its analysis ends. Argo would then never finish
   an analysis step; here such a metric is a guard: it can fail or hold the analysis but does
   not keep it from succeeding once every counted metric has. As in Argo, a metric with
@@ -385,12 +386,16 @@ def record(metric: Metric, result: MetricResult | None, new: Measurement) -> Met
     current = result if result is not None else MetricResult(name=metric.name)
     if current.phase in TERMINAL:
         return current  # a final verdict does not change
-    if metric.is_wasm and new.phase in (MeasurementPhase.SUCCESSFUL, MeasurementPhase.ERROR):
-        last = current.measurements[-1] if current.measurements else None
-        if last is not None and parse_timestamp(new.finished_at) < (
-            parse_timestamp(last.finished_at) + metric.interval_delta
-        ):
-            return current  # nothing new to say yet: a failure is recorded at once instead
+    last = current.measurements[-1] if current.measurements else None
+    if (
+        metric.is_wasm
+        and last is not None
+        and new.phase == last.phase
+        and new.phase in (MeasurementPhase.SUCCESSFUL, MeasurementPhase.ERROR)
+        and parse_timestamp(new.finished_at)
+        < parse_timestamp(last.finished_at) + metric.interval_delta
+    ):
+        return current  # the same news again: recorded once an interval (a change at once)
     counts = {
         "successful": current.successful,
         "failed": current.failed,

@@ -60,8 +60,9 @@ async def measure_wasm(
 ) -> Reading:
     if not target.canary_pods:
         return Reading(phase=MeasurementPhase.SUCCESSFUL, message="no canary pods yet")
-    since = max(now - target.since, 2 * scrape_interval)
-    queries = promql.wasm_queries(target.namespace, target.canary_pods, since)
+    # Counters: everything since `since` (at least two scrapes, for increase()).
+    window = max(now - target.since, 2 * scrape_interval)
+    queries = promql.wasm_queries(target.namespace, target.canary_pods, window)
 
     async def counters() -> tuple[float, float] | PrometheusError:
         try:

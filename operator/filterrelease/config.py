@@ -33,6 +33,9 @@ class Settings(BaseModel):
     # Where canary analysis queries Istio's metrics; empty: every measurement is an Error, so
     # a rollout with analysis holds rather than promote unmeasured.
     prometheus_url: str = ""
+    # How often that Prometheus scrapes the proxies (Istio's sample: 15s); analysis windows are
+    # at least two scrapes long, so a rate() always has two samples.
+    prometheus_scrape_seconds: float = Field(default=15.0, gt=0)
     # Per Prometheus query or pod log read during analysis.
     analysis_timeout_seconds: float = Field(default=5.0, gt=0)
 

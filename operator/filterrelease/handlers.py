@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,12 @@ def analyzer_for(config: Settings, api_client: ApiClient) -> Analyzer | None:
         return None
     timeout = config.analysis_timeout_seconds
     logs = PodLogs(api_client, timeout=timeout)
-    return Analyzer(config.prometheus_url, logs.read, timeout=timeout)
+    return Analyzer(
+        config.prometheus_url,
+        logs.read,
+        timeout=timeout,
+        scrape_interval=timedelta(seconds=config.prometheus_scrape_seconds),
+    )
 
 
 def dry_run_for(config: Settings) -> EnvoyDryRun | None:

@@ -239,6 +239,14 @@ class Prometheus(StartStop):
         if self._process is not None:
             self._process.stop(_STOP_GRACE)
 
+    def restart(self, timeout: float = 60) -> None:
+        """Start again after stop(), on the same port and TSDB: what the operator sees as a
+        Prometheus outage that ends (its configured URL stays valid)."""
+        self.stop()
+        self._process = None
+        self._stopped = False
+        self.start(timeout)
+
     def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path> with query parameters; the `data` of a successful answer."""
         url = f"{self.url}/api/v1/{path}"

@@ -67,5 +67,8 @@ func (s *stream) OnResponseHeaders(int, bool) proxywasm.Action {
 	if err := proxywasm.ReplaceHTTPResponseHeader(pluginconfig.VersionHeader, s.root.config.Version); err != nil {
 		proxywasm.LogError("local-5xx: " + err.Error())
 	}
+	if err := proxywasm.AddHTTPResponseHeader(pluginconfig.ChainHeader, s.root.config.Version); err != nil {
+		proxywasm.LogError("local-5xx: " + err.Error())
+	}
 	return proxywasm.ActionContinue
 }

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"filterrelease.dev/filters/internal/pluginconfig"
 	"filterrelease.dev/filters/internal/proxywasm"
 	"filterrelease.dev/filters/internal/secheaders"
 )
@@ -57,6 +58,9 @@ func (s *stream) OnResponseHeaders(int, bool) proxywasm.Action {
 		if err := proxywasm.ReplaceHTTPResponseHeader(h.Name, h.Value); err != nil {
 			proxywasm.LogError("security-headers: " + err.Error())
 		}
+	}
+	if err := proxywasm.AddHTTPResponseHeader(pluginconfig.ChainHeader, s.config.Version); err != nil {
+		proxywasm.LogError("security-headers: " + err.Error())
 	}
 	return proxywasm.ActionContinue
 }

@@ -80,6 +80,9 @@ func (s *stream) OnResponseHeaders(int, bool) proxywasm.Action {
 	if err := proxywasm.ReplaceHTTPResponseHeader(pluginconfig.VersionHeader, s.root.config.Version); err != nil {
 		proxywasm.LogError("slow: " + err.Error())
 	}
+	if err := proxywasm.AddHTTPResponseHeader(pluginconfig.ChainHeader, s.root.config.Version); err != nil {
+		proxywasm.LogError("slow: " + err.Error())
+	}
 	return proxywasm.ActionContinue
 }
 

@@ -24,6 +24,11 @@ import (
 // two rollouts of the same module with different configurations differ visibly.
 const VersionHeader = "x-filter-version"
 
+// ChainHeader is the response header every filter instance appends its "version" to (never
+// replaces): a proxy that ran two instances of a filter answers with two values, so a test can
+// tell "two versions at once" from "one version", which VersionHeader alone cannot.
+const ChainHeader = "x-filter-chain"
+
 // Field binds one JSON key to a Go variable; make it with String, Uint or Bool.
 type Field struct {
 	kind string // "a string", "a whole number", "a boolean": for error messages

@@ -1,0 +1,310 @@
+"""Whole canary rollouts on the local cluster: the real operator (its own ServiceAccount),
+real Envoy sidecars running the real filter modules, the real registry and the real Prometheus.
+
+While a rollout runs, a load generator sends steady traffic through every sidecar and records,
+for every response, which filter versions handled it (each filter instance appends its version
+to x-filter-chain): the safety property is checked on real traffic, response by response.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from localcluster.install import install_filterrelease
+from localcluster.mesh import MeshCluster
+from localcluster.oci_publish import publish
+from localcluster.operator_process import OperatorProcess
+from meshtraffic.loadgen import LoadGenerator, Response, workdir_endpoints
+from meshtraffic.podlogs import CONTAINER
+from tests.integration.conftest import with_custom_section
+from tests.integration.test_meshtraffic import list_pods, poll
+
+pytestmark = [pytest.mark.integration, pytest.mark.envoy]
+
+NS = "shop"
+RELEASE = "headers"
+PODS = 4
+CHAIN = "x-filter-chain"
+
+
+@dataclass
+class Mesh:
+    cluster: MeshCluster
+    operator: OperatorProcess
+    modules: dict[str, str] = field(default_factory=dict)  # name → pinned oci:// URL
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, filter_modules: dict[str, bytes]
+) -> Iterator[Mesh]:
+    workdir = tmp_path_factory.mktemp("canary-e2e")
+    with MeshCluster(workdir / "cluster", nodes=2) as cluster:
+        kubeconfig = install_filterrelease(cluster)
+        env = {
+            "FILTERRELEASE_PROMETHEUS_URL": cluster.mesh.prometheus.url,
+            "FILTERRELEASE_PROMETHEUS_SCRAPE_SECONDS": "1",
+        }
+        operator = OperatorProcess(
+            kubeconfig, workdir / "operator.log", resync_seconds=5, extra_env=env
+        )
+        with operator:
+            found = Mesh(cluster, operator)
+            for name in ("security-headers", "panicky", "local-5xx", "slow"):
+                wasm = with_custom_section(filter_modules[name], "e2e", name.encode())
+                digest = publish(cluster.registry.host, f"filters/{name}", "e2e", wasm, "oci-wasm")
+                found.modules[name] = f"oci://{cluster.registry.host}/filters/{name}@{digest}"
+            cluster.kubectl("create", "namespace", NS)
+            cluster.kubectl("label", "namespace", NS, "istio-injection=enabled")
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment("web", PODS)))
+            poll(
+                lambda: len(serving(cluster)) == PODS or None,
+                timeout=120,
+                what=f"{PODS} sidecars serving",
+            )
+            try:
+                yield found
+            finally:
+                print(f"\n--- operator log ---\n{operator.log_tail(60)}")
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {"name": "app", "image": "registry.local/app:1"},
+                        {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def serving(cluster: MeshCluster) -> list[str]:
+    return sorted(p for ns, p in cluster.mesh.exporter.pods if ns == NS)
+
+
+ANALYSIS = {
+    "metrics": [
+        {
+            "name": "success-rate",
+            "interval": "2s",
+            "count": 2,
+            "provider": {"istio": {"successRate": {"minPercent": 99}, "minRequests": 5}},
+        },
+        {
+            "name": "latency",
+            "interval": "2s",
+            "count": 2,
+            "provider": {"istio": {"latencyP99": {"maxMilliseconds": 250}, "minRequests": 5}},
+        },
+    ]
+}
+STEPS = [{"setWeight": 25}, {"analysis": ANALYSIS}, {"setWeight": 50}, {"analysis": ANALYSIS}]
+
+
+def release(mesh: Mesh, module: str, config: dict[str, Any], steps: Any = None) -> None:
+    body = {
+        "apiVersion": "filterrelease.dev/v1alpha1",
+        "kind": "FilterRelease",
+        "metadata": {"name": RELEASE, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "phase": "AUTHN",
+            "priority": 10,
+            "failStrategy": "FAIL_CLOSE",
+            "module": {"url": mesh.modules[module]},
+            "pluginConfig": config,
+            "strategy": {"canary": {"steps": steps or STEPS}},
+        },
+    }
+    mesh.cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+
+def status(mesh: Mesh) -> dict[str, Any]:
+    out = mesh.cluster.kubectl("get", "frel", RELEASE, "-n", NS, "-o", "json")
+    return dict(json.loads(out.stdout).get("status") or {})
+
+
+def wait_phase(mesh: Mesh, phase: str, timeout: float = 120) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        current = status(mesh)
+        return current if current.get("phase") == phase else None
+
+    return poll(reached, timeout=timeout, what=f"phase {phase}",
+                on_timeout=lambda: json.dumps(status(mesh), indent=1)[:3000])  # fmt: skip
+
+
+class Traffic:
+    """Steady load through every sidecar; every response's versions, with the time it came."""
+
+    def __init__(self, mesh: Mesh, rate: float = 40) -> None:
+        endpoints = workdir_endpoints(mesh.cluster.mesh.agent_dir, NS, selector={"app": "web"},
+                                      list_pods=list_pods(mesh.cluster))  # fmt: skip
+        self.lock = threading.Lock()
+        self.seen: list[tuple[float, str, int, str]] = []  # (time, pod, status, chain)
+        self.load = LoadGenerator(
+            endpoints, rate=rate, duration=540, concurrency=8, on_response=self._record
+        )
+
+    def _record(self, response: Response) -> None:
+        chain = response.headers.get(CHAIN, "")
+        with self.lock:
+            self.seen.append((time.monotonic(), response.endpoint.pod, response.status, chain))
+
+    def __enter__(self) -> Traffic:
+        self.load.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.load.stop()
+
+    def since(self, t0: float) -> list[tuple[float, str, int, str]]:
+        with self.lock:
+            return [s for s in self.seen if s[0] >= t0]
+
+
+def versions_of(chain: str) -> list[str]:
+    return [v.strip() for v in chain.split(",") if v.strip()]
+
+
+def install_v1(mesh: Mesh) -> None:
+    release(mesh, "security-headers", {"version": "v1"})
+    wait_phase(mesh, "Healthy")
+    poll(lambda: all_on(mesh, "v1") or None, timeout=60, what="every sidecar on v1")
+
+
+def all_on(mesh: Mesh, version: str) -> bool:
+    with Traffic(mesh, rate=40) as traffic:
+        t0 = time.monotonic()
+        poll(lambda: len({s[1] for s in traffic.since(t0)}) == PODS or None, timeout=10,
+             what="a response from every sidecar")  # fmt: skip
+        return all(versions_of(s[3]) == [version] for s in traffic.since(t0))
+
+
+def test_a_good_version_is_promoted_step_by_step_and_every_response_has_one_version(
+    mesh: Mesh,
+) -> None:
+    install_v1(mesh)
+    with Traffic(mesh) as traffic:
+        t0 = time.monotonic()
+        release(mesh, "security-headers", {"version": "v2"})
+        steps_seen: set[str] = set()
+
+        def promoted() -> bool:
+            current = status(mesh)
+            steps_seen.add(str(current.get("currentStep")))
+            return (
+                current.get("phase") == "Healthy"
+                and (current.get("stable") or {}).get("pluginConfig", {}).get("version") == "v2"
+            )
+
+        poll(promoted, timeout=180, what="v2 promoted",
+             on_timeout=lambda: json.dumps(status(mesh), indent=1)[:3000])  # fmt: skip
+        poll(lambda: all(versions_of(s[3]) == ["v2"] for s in traffic.since(time.monotonic() - 1))
+             or None, timeout=30, what="every response on v2")  # fmt: skip
+        samples = traffic.since(t0)
+    # Never none, never two: every single response carried exactly one version.
+    bad = [s for s in samples if s[2] != 200 or len(versions_of(s[3])) != 1]
+    assert not bad, bad[:10]
+    # The canary really was a share of the pods before it was all of them.
+    shares = share_over_time(samples)
+    assert any(0 < share < 1 for share in shares), shares
+    assert {"1/4", "2/4", "3/4", "4/4"} <= steps_seen
+    final = status(mesh)
+    assert final["history"][0]["outcome"] == "Promoted"
+    assert "split" not in final
+    plugins = mesh.cluster.kubectl("get", "wasmplugins", "-n", NS, "-o", "name").stdout.split()
+    assert plugins == [f"wasmplugin.extensions.istio.io/{RELEASE}"]
+
+
+def share_over_time(samples: list[tuple[float, str, int, str]]) -> list[float]:
+    """The share of pods answering with v2, per second of the rollout."""
+    buckets: dict[int, dict[str, str]] = {}
+    for t, pod, _, chain in samples:
+        buckets.setdefault(int(t), {})[pod] = chain
+    return [
+        sum(1 for c in pods.values() if c == "v2") / len(pods)
+        for _, pods in sorted(buckets.items())
+        if len(pods) == PODS
+    ]
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "why"),
+    [
+        ("panicky", {"panic_every": 3, "version": "bad"}, "analysis failed"),
+        ("local-5xx", {"fail_every": 2, "status": 503, "version": "bad"}, "success-rate"),
+        ("slow", {"delay_ms": 400, "version": "bad"}, "latency"),
+    ],
+    ids=["panicking", "5xx", "slow"],
+)
+def test_a_faulty_version_is_rolled_back_to_the_last_good_one(
+    mesh: Mesh, module: str, config: dict[str, Any], why: str
+) -> None:
+    install_v1(mesh)
+    good = mesh.cluster.kubectl("get", "wasmplugin", RELEASE, "-n", NS, "-o", "json").stdout
+    with Traffic(mesh) as traffic:
+        t0 = time.monotonic()
+        release(mesh, module, config)
+        final = wait_phase(mesh, "Degraded", timeout=180)
+        poll(lambda: all(versions_of(s[3]) == ["v1"] for s in traffic.since(time.monotonic() - 1))
+             or None, timeout=30, what="every response back on v1")  # fmt: skip
+        samples = traffic.since(t0)
+    assert why in final["rollout"]["aborted"], final["rollout"]
+    assert final["history"][0]["outcome"] == "RolledBack"
+    assert final["stable"]["pluginConfig"] == {"version": "v1"}
+    after = json.loads(
+        mesh.cluster.kubectl("get", "wasmplugin", RELEASE, "-n", NS, "-o", "json").stdout
+    )
+    assert after["spec"] == json.loads(good)["spec"]  # exactly the last good content
+    # Bad responses came only from canary pods, and never more than a share of them at once.
+    bad_pods = {s[1] for s in samples if "bad" in versions_of(s[3])}
+    assert 0 < len(bad_pods) < PODS
+    assert all(len(versions_of(s[3])) == 1 for s in samples if s[2] == 200)
+
+
+def test_prometheus_down_holds_the_rollout_then_it_resumes(mesh: Mesh) -> None:
+    install_v1(mesh)
+    prometheus = mesh.cluster.mesh.prometheus
+    with Traffic(mesh):
+        release(mesh, "security-headers", {"version": "v2"})
+        poll(lambda: status(mesh).get("currentStep") == "2/4" or None, timeout=60,
+             what="the first analysis step")  # fmt: skip
+        prometheus.stop()
+        try:
+            held = poll(
+                lambda: ((s := status(mesh)).get("phase") == "Progressing"
+                and any(c["type"] == "MetricsUnavailable" and c["status"] == "True"
+                        for c in s.get("conditions", [])) and s) or None,
+                timeout=90, what="MetricsUnavailable",
+            )  # fmt: skip
+            step = held["currentStep"]
+            # Held: neither promoted nor rolled back while Prometheus is down.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                now = status(mesh)
+                assert now["phase"] == "Progressing", now["message"]
+                assert now["currentStep"] == step
+                time.sleep(1)  # sampling the status for a while, not waiting for an event
+        finally:
+            prometheus.restart()
+        wait_phase(mesh, "Healthy", timeout=180)
+    assert status(mesh)["stable"]["pluginConfig"] == {"version": "v2"}

@@ -21,11 +21,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from localcluster.processes import StartStop
+from meshagent.upstream import QuietServer
 from meshtraffic.accesslog import FileTail, parse_line
 from meshtraffic.metrics import (
     PodIdentity,
@@ -118,8 +119,9 @@ class PodExporter:
         self._identity: PodIdentity | None = None
         self._next_resolve = 0.0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((LOOPBACK, 0), self._handler_class())
-        self._server.daemon_threads = True
+        # Quiet: Prometheus hangs up on a scrape that outlives its timeout (a busy machine),
+        # which is no error of ours worth a traceback.
+        self._server = QuietServer((LOOPBACK, 0), self._handler_class())
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.2},

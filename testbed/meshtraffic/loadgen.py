@@ -15,13 +15,23 @@ of pods is looked up again every `refresh_interval` seconds, so pods that come o
 run gain or lose traffic as they would behind a Service. Only loopback is ever dialled.
 
 Stdlib only: worker threads with keep-alive http.client connections (one per worker and pod).
+
+As a process of its own (a client outside the mesh, not sharing the GIL with the agent), with
+the result as JSON (LoadResult.summary()) in --out when it ends, also on SIGTERM/SIGINT:
+
+    PYTHONPATH=testbed python -m meshtraffic.loadgen --workdir AGENT_DIR --namespace shop \
+        --selector app=web --rate 100 --duration 30 --out result.json
 """
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
+import math
 import queue
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -98,6 +108,35 @@ class LoadResult:
             for code, n in codes.items():
                 out[code] = out.get(code, 0) + n
         return out
+
+    def latency_ms(self, quantile: float) -> float | None:
+        """A latency quantile (nearest rank) in milliseconds; None without latencies."""
+        if not self.latencies_s:
+            return None
+        ordered = sorted(self.latencies_s)
+        rank = min(len(ordered), max(1, math.ceil(quantile * len(ordered))))
+        return ordered[rank - 1] * 1000
+
+    def summary(self) -> dict[str, Any]:
+        """The run in plain JSON types (what the CLI writes)."""
+        errors: dict[str, int] = {}
+        for errs in self.errors.values():
+            for kind, n in errs.items():
+                errors[kind] = errors.get(kind, 0) + n
+        return {
+            "sent": self.total_sent,
+            "responses": self.total_responses,
+            "by_code": {str(code): n for code, n in sorted(self.by_code().items())},
+            "errors": errors,
+            "no_endpoint": self.no_endpoint,
+            "started_at": self.started_at,
+            "elapsed_s": self.elapsed_s,
+            "pods": len(self.sent),
+            "latency_ms": {
+                name: self.latency_ms(q)
+                for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+            },
+        }
 
 
 EndpointSource = Callable[[], list[Endpoint]]
@@ -358,3 +397,60 @@ class LoadGenerator(StartStop):
         with self._lock:
             errs = self.result.errors.setdefault(ep.key, {})
             errs[kind] = errs.get(kind, 0) + 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m meshtraffic.loadgen",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", type=Path, required=True, help="the mesh agent's workdir")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument(
+        "--selector",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a pod label to match in pod.json (repeatable)",
+    )
+    parser.add_argument("--pod", action="append", default=[], help="a pod by name (repeatable)")
+    parser.add_argument("--rate", type=float, required=True, help="requests per second")
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--duration", type=float)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--path", default="/")
+    parser.add_argument("--out", type=Path, help="where to write the JSON result (else stdout)")
+    args = parser.parse_args(argv)
+    selector = dict(item.split("=", 1) for item in args.selector)
+    endpoints = workdir_endpoints(
+        args.workdir, args.namespace, pods=args.pod or None, selector=selector or None
+    )
+    gen = LoadGenerator(
+        endpoints,
+        rate=args.rate,
+        count=args.count,
+        duration=args.duration,
+        path=args.path,
+        concurrency=args.concurrency,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    gen.start()
+    while not gen.done:
+        if stop.wait(0.2):
+            gen.stop()  # the result so far, counted up to the requests in flight
+            break
+    text = json.dumps(gen.wait().summary(), indent=1) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)  # a reader never sees half a result
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +45,8 @@ from meshtraffic.podlogs import (
 )
 
 pytestmark = pytest.mark.integration
+
+TESTBED = Path(__file__).resolve().parents[2] / "testbed"
 
 T = TypeVar("T")
 
@@ -455,6 +460,22 @@ def test_load_through_real_sidecars_matches_prometheus(tmp_path: Path, upstream_
             (le1000,) = prom.query('sum(istio_request_bytes_bucket{le="1000"})')
             (le2500,) = prom.query('sum(istio_request_bytes_bucket{le="2500"})')
             assert (le1000.value, le2500.value) == (50, 60)
+
+            # The same generator as a process of its own (what the benchmark runs), its
+            # result as JSON when it ends.
+            out = tmp_path / "loadgen.json"
+            subprocess.run(
+                [sys.executable, "-m", "meshtraffic.loadgen", "--workdir", str(agent),
+                 "--namespace", "shop", "--pod", names[0], "--pod", names[1],
+                 "--rate", "50", "--count", "10", "--path", "/fail", "--out", str(out)],
+                env={**os.environ, "PYTHONPATH": str(TESTBED)},
+                check=True,
+                timeout=60,
+            )  # fmt: skip
+            summary = json.loads(out.read_text())
+            assert (summary["sent"], summary["by_code"], summary["pods"]) == (10, {"503": 10}, 2)
+            assert summary["errors"] == {}
+            assert summary["latency_ms"]["p50"] is not None
 
 
 # -- kubectl logs -c istio-proxy ---------------------------------------------------------------

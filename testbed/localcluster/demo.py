@@ -1,12 +1,15 @@
-"""`make demo`: the local cluster, the operator under its own RBAC, and the security-headers
-example released, updated in place, guarded against a bad spec, and garbage-collected.
+"""`make demo`: the local cluster with its data plane, the operator under its own RBAC, and the
+security-headers example released, updated in place, guarded against a bad spec, and
+garbage-collected, while its effect shows in real traffic: the response headers of the
+frontend's Envoy sidecars before and after each step, and Istio's request metrics in Prometheus.
 
-Run: uv run python -m localcluster.demo [--keep] [--workdir DIR]
+Run: PYTHONPATH=testbed uv run python -m localcluster.demo [--keep] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import shutil
 import signal
@@ -19,17 +22,18 @@ from typing import Any
 import yaml
 
 from localcluster.cluster import LocalCluster
-from localcluster.install import (
-    DEFAULT_ISTIO_VERSION,
-    REPO,
-    install_filterrelease,
-    install_istio_crds,
-)
+from localcluster.install import DEFAULT_ISTIO_VERSION, REPO, install_filterrelease
+from localcluster.mesh import MeshCluster
+from localcluster.network import LOOPBACK
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
+from meshtraffic.loadgen import LoadGenerator, workdir_endpoints
+from meshtraffic.podlogs import CONTAINER
 
 NS = "shop"
 EXAMPLE = REPO / "deploy" / "examples" / "security-headers.yaml"
+REPLICAS = 3
+VERSION_HEADER = "x-filter-version"
 
 
 def say(text: str) -> None:
@@ -50,14 +54,134 @@ def frontend() -> dict[str, Any]:
         "kind": "Deployment",
         "metadata": {"name": "frontend", "namespace": NS},
         "spec": {
-            "replicas": 3,
+            "replicas": REPLICAS,
             "selector": {"matchLabels": {"app": "frontend"}},
             "template": {
-                "metadata": {"labels": {"app": "frontend"}},
-                "spec": {"containers": [{"name": "app", "image": "registry.local/frontend:1"}]},
+                "metadata": {"labels": {"app": "frontend", "version": "v1"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "registry.local/frontend:1",
+                            "ports": [{"containerPort": 8080}],
+                        },
+                        # There is no injector: the template declares the sidecar itself, as
+                        # an injected pod would have it.
+                        {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
+                    ],
+                },
             },
         },
     }
+
+
+# -- traffic through the sidecars --------------------------------------------------------------
+
+
+class Traffic:
+    """Every request the demo sends through the frontend's sidecars, and what came back: (pod,
+    response code) -> count, which is what Prometheus must end up counting."""
+
+    def __init__(self, cluster: MeshCluster) -> None:
+        self.cluster = cluster
+        self.sent: dict[tuple[str, str], int] = {}
+
+    def sidecars(self) -> dict[str, int]:
+        """Pod -> its sidecar's listener port, for the frontend pods whose sidecar serves."""
+        out = {}
+        for (namespace, pod), exporter in self.cluster.mesh.exporter.pods.items():
+            port = exporter.pod.sidecar_port()
+            if namespace == NS and port is not None:
+                out[pod] = port
+        return dict(sorted(out.items()))
+
+    def get(self, pod: str, port: int) -> tuple[http.client.HTTPResponse, bytes]:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+        try:
+            conn.request("GET", "/", headers={"user-agent": "demo"})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        self._count(pod, resp.status)
+        return resp, body
+
+    def curl(self) -> None:
+        """Like `curl -si` to the first frontend pod's sidecar: status, headers, body."""
+        pod, port = next(iter(self.sidecars().items()))
+        print(f"$ curl -si http://{LOOPBACK}:{port}/    # the {CONTAINER} sidecar of pod {pod}")
+        resp, body = self.get(pod, port)
+        print(f"  HTTP/1.1 {resp.status} {resp.reason}")
+        for name, value in resp.getheaders():
+            print(f"  {name}: {value}")
+        print("\n  " + body.decode(errors="replace").rstrip(), flush=True)
+
+    def wait_serving(self, version: str | None) -> None:
+        """Until every frontend sidecar answers with x-filter-version `version` (None:
+        without one)."""
+        t0 = time.monotonic()
+
+        def all_serve() -> bool:
+            ports = self.sidecars()
+            if len(ports) != REPLICAS:
+                return False
+            for pod, port in ports.items():
+                try:
+                    resp, _ = self.get(pod, port)
+                except OSError:
+                    return False
+                if resp.status != 200 or resp.getheader(VERSION_HEADER) != version:
+                    return False
+            return True
+
+        what = f"x-filter-version {version}" if version else "no filter"
+        self.cluster.wait_for(all_serve, timeout=120, what=f"{REPLICAS} sidecars serving {what}")
+        print(f"  (every sidecar serves {what}; probed for {time.monotonic() - t0:.1f}s)")
+
+    def load(self) -> None:
+        """A short, bounded load round-robin over the frontend's sidecars."""
+        endpoints = workdir_endpoints(self.cluster.mesh.agent_dir, NS, selector={"app": "frontend"})
+        result = LoadGenerator(endpoints, rate=40, count=120).run()
+        for (_, pod), codes in result.responses.items():
+            for code, n in codes.items():
+                self._count(pod, code, n)
+        print(
+            f"  load: {result.total_sent} requests in {result.elapsed_s:.1f}s over "
+            f"{len(result.sent)} sidecars: responses {result.by_code()}, "
+            f"connection errors {result.total_errors}",
+            flush=True,
+        )
+
+    def show_metrics(self) -> None:
+        prometheus = self.cluster.mesh.prometheus
+        query = f'sum by (pod, response_code) (istio_requests_total{{namespace="{NS}"}})'
+
+        def counted() -> dict[tuple[str, str], int]:
+            return {
+                (s.labels["pod"], s.labels["response_code"]): int(s.value)
+                for s in prometheus.query(query)
+            }
+
+        # The sidecars flush their access logs every 200 ms; Prometheus scrapes every second.
+        self.cluster.wait_for(
+            lambda: counted() == self.sent,
+            timeout=60,
+            what=f"Prometheus to count the demo's requests: {self.sent}",
+        )
+        print(f"$ curl -s {prometheus.url}/api/v1/query --data-urlencode 'query={query}'")
+        print(f"  {'pod':<34} {'response_code':>13} {'requests':>9}")
+        for (pod, code), n in sorted(counted().items()):
+            print(f"  {pod:<34} {code:>13} {n:>9}")
+        print(
+            f"  ({sum(self.sent.values())} requests: every one the demo sent through a "
+            "sidecar, counted exactly)",
+            flush=True,
+        )
+
+    def _count(self, pod: str, code: int, n: int = 1) -> None:
+        key = (pod, str(code))
+        self.sent[key] = self.sent.get(key, 0) + n
 
 
 def release_json(cluster: LocalCluster) -> Any:
@@ -79,11 +203,14 @@ def wait_ready(cluster: LocalCluster, generation: int) -> None:
 
 
 def run(workdir: Path, keep: bool) -> None:
-    say(f"Starting the local control plane in {workdir} (binaries built from Go modules)")
+    say(
+        f"Starting the local cluster in {workdir}: the control plane (binaries built from Go "
+        f"modules), Istio {DEFAULT_ISTIO_VERSION}'s CRDs, and the data plane (mesh agent, "
+        "a real Envoy per meshed pod, Prometheus)"
+    )
     shutil.rmtree(workdir, ignore_errors=True)
-    with LocalCluster(workdir) as cluster:
-        say(f"Installing Istio {DEFAULT_ISTIO_VERSION}'s CRDs, the FilterRelease CRD and RBAC")
-        install_istio_crds(cluster, DEFAULT_ISTIO_VERSION)
+    with MeshCluster(workdir, istio_version=DEFAULT_ISTIO_VERSION) as cluster:
+        say("Installing the FilterRelease CRD and the operator's RBAC")
         kubeconfig = install_filterrelease(cluster)
         say("Starting the operator as ServiceAccount filterrelease-system/filterrelease-operator")
         with OperatorProcess(kubeconfig, workdir / "logs" / "operator.log") as operator:
@@ -93,8 +220,10 @@ def run(workdir: Path, keep: bool) -> None:
                 say("Cluster and operator keep running; Ctrl-C stops everything")
                 print(f"  export KUBECONFIG={cluster.admin_kubeconfig}")
                 print(f"  alias kubectl={cluster.bin_dir / 'kubectl'}")
+                print(f"  Prometheus: {cluster.mesh.prometheus.url}")
+                print(f"  sidecar ports: {Traffic(cluster).sidecars()}")
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        say("Stopping the operator and the cluster")
+        say("Stopping the operator, the data plane and the cluster")
     print("Done: every process the demo started has been stopped.")
 
 
@@ -127,22 +256,63 @@ def publish_versions(cluster: LocalCluster, modules: dict[str, bytes]) -> None:
     print("  filters/security-headers:v1.3.0-oras (a one-layer `oras push`, which Istio rejects)")
 
 
-def demo_steps(cluster: LocalCluster) -> None:
+def demo_steps(cluster: MeshCluster) -> None:
+    traffic = Traffic(cluster)
     publish_versions(cluster, build_filters())
-    start_workload(cluster)
+    start_workload(cluster, traffic)
+    say("Traffic before any release: the app's own headers (note `server: app`)")
+    traffic.curl()
+    traffic.load()
     v1 = release_v1(cluster)
+    say("Traffic after the release: the filter runs in every sidecar")
+    traffic.wait_serving("v1.1.0")
+    traffic.curl()
     v2 = update_to_v2(cluster, v1)
-    reject_oras_push(cluster, v2)
+    traffic.wait_serving("v1.2.0")
+    traffic.curl()
+    proxy_log(cluster, next(iter(traffic.sidecars())), "v1.2.0")
+    reject_oras_push(cluster, v2, traffic)
     refuse_bad_spec(cluster, v2)
-    delete_release(cluster)
+    say("Istio's request metrics in Prometheus, by pod and response code")
+    traffic.show_metrics()
+    delete_release(cluster, traffic)
 
 
-def start_workload(cluster: LocalCluster) -> None:
-    say("A workload: namespace shop, Deployment frontend (3 pods on kwok nodes)")
+def proxy_log(cluster: MeshCluster, pod: str, version: str) -> None:
+    say("The sidecar's own log: the filter started in its Envoy with each version")
+    print(f"$ kubectl logs {pod} -n {NS} -c {CONTAINER} | grep 'security-headers: started'")
+    lines: list[str] = []
+
+    def logged() -> bool:
+        out = cluster.kubectl("logs", pod, "-n", NS, "-c", CONTAINER, check=False).stdout
+        lines[:] = [line for line in out.splitlines() if "security-headers: started" in line]
+        # The pod log writer merges Envoy's log into the file kwok serves every 200 ms.
+        return any(line.endswith(f"version {version}") for line in lines)
+
+    cluster.wait_for(logged, timeout=30, what=f"the {version} start line in the proxy's log")
+    for line in lines:
+        print(f"  {line}")
+
+
+def start_workload(cluster: MeshCluster, traffic: Traffic) -> None:
+    say(
+        f"A meshed workload: namespace {NS} labelled istio-injection=enabled, Deployment "
+        f"frontend ({REPLICAS} pods on kwok nodes, each with an {CONTAINER} container)"
+    )
     cluster.kubectl("create", "namespace", NS)
+    cluster.kubectl("label", "namespace", NS, "istio-injection=enabled")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(frontend()))
     cluster.kubectl("rollout", "status", "deployment/frontend", "-n", NS, "--timeout=60s")
     show(cluster, "get", "pods", "-n", NS, "-o", "wide")
+    t0 = time.monotonic()
+    cluster.wait_for(
+        lambda: len(traffic.sidecars()) == REPLICAS,
+        timeout=120,
+        what=f"{REPLICAS} sidecars serving",
+    )
+    print(f"  a real Envoy serves each pod's traffic ({time.monotonic() - t0:.1f}s later):")
+    for pod, port in traffic.sidecars().items():
+        print(f"    {pod}: 127.0.0.1:{port}")
 
 
 def release_v1(cluster: LocalCluster) -> dict[str, Any]:
@@ -183,7 +353,7 @@ def update_to_v2(cluster: LocalCluster, v1: dict[str, Any]) -> dict[str, Any]:
     return v2
 
 
-def reject_oras_push(cluster: LocalCluster, v2: dict[str, Any]) -> None:
+def reject_oras_push(cluster: MeshCluster, v2: dict[str, Any], traffic: Traffic) -> None:
     say("v1.3.0 pushed with `oras push` (one raw layer): pre-flight rejects it before any proxy")
     oras = json.loads(json.dumps(v2))
     oras["spec"]["module"]["url"] = v2["spec"]["module"]["url"].replace("v1.2.0", "v1.3.0-oras")
@@ -198,6 +368,9 @@ def reject_oras_push(cluster: LocalCluster, v2: dict[str, Any]) -> None:
     for c in release_json(cluster)["status"]["conditions"]:
         print(f"  {c['type']}={c['status']} ({c['reason']}): {c['message']}")
     print(f"  the WasmPlugin still carries {plugin_field(cluster, '.spec.url')}")
+    say("Meanwhile the traffic never saw v1.3.0: the sidecars keep serving v1.2.0")
+    traffic.load()
+    traffic.wait_serving("v1.2.0")
     say("Back to v1.2.0 (the spec as it was): Healthy again, nothing rewritten")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
     wait_ready(cluster, generation=4)
@@ -215,7 +388,7 @@ def refuse_bad_spec(cluster: LocalCluster, v2: dict[str, Any]) -> None:
          "involvedObject.kind=FilterRelease", "--sort-by=.lastTimestamp")  # fmt: skip
 
 
-def delete_release(cluster: LocalCluster) -> None:
+def delete_release(cluster: MeshCluster, traffic: Traffic) -> None:
     say("Deleting the release: the garbage collector removes its WasmPlugin")
     cluster.kubectl("delete", "frel", "security-headers", "-n", NS)
 
@@ -225,10 +398,14 @@ def delete_release(cluster: LocalCluster) -> None:
 
     cluster.wait_for(gone, timeout=30, what="garbage collection of the WasmPlugin")
     show(cluster, "get", "wasmplugins", "-n", NS)
+    say("And the sidecars serve without the filter again")
+    traffic.wait_serving(None)
+    traffic.curl()
     say("Look for yourself (run the demo with --keep to keep the cluster):")
     print(f"  KUBECONFIG={cluster.admin_kubeconfig} {cluster.bin_dir / 'kubectl'} get frel -A")
     print("  kubectl explain filterrelease.spec.module")
     print("  kubectl describe frel -n shop security-headers")
+    print(f"  kubectl logs -n {NS} <frontend pod> -c {CONTAINER}")
 
 
 def main() -> None:

@@ -5,8 +5,9 @@
 
 Every live pod directory the mesh agent writes gets its own HTTP server on 127.0.0.1:<free port>
 (recorded in `<pod dir>/stats-port`) that answers GET /stats/prometheus (and /metrics) with the
-pod's istio_requests_total and istio_request_duration_milliseconds, read from its access log at
-scrape time. A Prometheus file_sd targets file lists every pod's endpoint with the target
+pod's Istio request metrics (istio_requests_total; the istio_request_duration_milliseconds,
+istio_request_bytes and istio_response_bytes histograms: metrics.py), read from its access log
+at scrape time. A Prometheus file_sd targets file lists every pod's endpoint with the target
 labels `namespace` and `pod`, which Istio's sample `kubernetes-pods` job takes from
 __meta_kubernetes_namespace / __meta_kubernetes_pod_name; pod IPs from kwok are fake, so
 Prometheus finds the endpoints through this file instead of the Kubernetes API. The file is

@@ -239,6 +239,12 @@ def _degraded(
     return Decision(phase=phase, trigger=trigger, status=status, actions=actions)
 
 
+def shown(version: ModuleVersion) -> str:
+    """A version as people read it: the module's tag or digest, and which configuration (two
+    versions of one module differ only there)."""
+    return f"{version.version} (config {version.config_hash[:8]})"
+
+
 def observed_layout(obs: Observation) -> Layout:
     key = track_label(obs.release.name)
     return Layout(
@@ -390,7 +396,7 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
     trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
     phase = transition(_current_phase(obs.status), trigger)
-    message = f"WasmPlugin {name} carries version {desired.version} to every selected proxy"
+    message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
     status = _conditions(
         obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
     )
@@ -422,7 +428,7 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
             EmitEvent(
                 type="Normal",
                 reason=verb,
-                message=f"{verb} WasmPlugin {write.name}: version {desired.version} "
+                message=f"{verb} WasmPlugin {write.name}: version {shown(desired)} "
                 f"(config {desired.config_hash}) to every selected proxy",
             )
         )
@@ -540,8 +546,8 @@ def _rolled_back(
     converged: bool,
 ) -> _Summary:
     message = (
-        f"rolled back from {desired.version}: {rollout.aborted}; every pod runs "
-        f"{stable.version}; change the spec or request retry to try again"
+        f"rolled back from {shown(desired)}: {rollout.aborted}; every pod runs "
+        f"{shown(stable)}; change the spec or request retry to try again"
     )
     if not converged:
         return _Summary(
@@ -559,7 +565,7 @@ def _rolled_back(
             (
                 "Warning",
                 "RolledBack",
-                f"every pod back on {stable.version} "
+                f"every pod back on {shown(stable)} "
                 f"{took:.1f}s after the decision to roll back: {rollout.aborted}",
             )
         )
@@ -576,9 +582,9 @@ def _rolled_back(
 
 def _promoted(obs: Observation, desired: ModuleVersion, converged: bool) -> _Summary:
     if not converged:
-        message = f"promoting {desired.version} to every selected proxy"
+        message = f"promoting {shown(desired)} to every selected proxy"
         return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=0.5)
-    message = f"{desired.version} promoted: every selected proxy runs it"
+    message = f"{shown(desired)} promoted: every selected proxy runs it"
     return _Summary(
         trigger=Trigger.PROMOTED,
         message=message,
@@ -606,7 +612,7 @@ def _running(
     if unavailable:
         message = f"{where} holds: metrics unavailable: {unavailable}"
         return _Summary(trigger=Trigger.METRICS_UNAVAILABLE, message=message)
-    message = f"{where}: {desired.version} on {rollout.weight}% of the pods"
+    message = f"{where}: {shown(desired)} on {rollout.weight}% of the pods"
     if rollout.gate:
         message += f"; waiting for {rollout.gate}"
     return _Summary(trigger=Trigger.ROLLING_OUT, message=message)
@@ -624,8 +630,7 @@ def _rollout(
             (
                 "Normal",
                 "RolloutStarted",
-                f"rolling out {desired.version} (from "
-                f"{stable.version}) in {len(canary.steps)} steps",
+                f"rolling out {shown(desired)} (from {shown(stable)}) in {len(canary.steps)} steps",
             )
         )
     if obs.request is not None:

@@ -110,13 +110,19 @@ ANALYSIS = {
         {
             "name": "success-rate",
             "interval": "5s",
-            "count": 2,
+            "count": 3,
+            # Low traffic right after a Prometheus outage (its data has a gap) is inconclusive,
+            # not bad: tolerate a couple of such measurements rather than stop for a person.
+            "inconclusiveLimit": 2,
             "provider": {"istio": {"successRate": {"minPercent": 99}, "minRequests": 5}},
         },
         {
             "name": "latency",
             "interval": "5s",
-            "count": 2,
+            "count": 3,
+            # Low traffic right after a Prometheus outage (its data has a gap) is inconclusive,
+            # not bad: tolerate a couple of such measurements rather than stop for a person.
+            "inconclusiveLimit": 2,
             "provider": {"istio": {"latencyP99": {"maxMilliseconds": 250}, "minRequests": 5}},
         },
     ]
@@ -193,6 +199,14 @@ class Traffic:
             return [s for s in self.seen if s[0] >= t0]
 
 
+def events(mesh: Mesh, reason: str) -> list[str]:
+    out = mesh.cluster.kubectl(
+        "get", "events", "-n", NS, "--field-selector", f"reason={reason}",
+        "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}",
+    )  # fmt: skip
+    return [line for line in out.stdout.splitlines() if line]
+
+
 def versions_of(chain: str) -> list[str]:
     return [v.strip() for v in chain.split(",") if v.strip()]
 
@@ -225,11 +239,8 @@ def test_a_good_version_is_promoted_step_by_step_and_every_response_has_one_vers
     with Traffic(mesh) as traffic:
         t0 = time.monotonic()
         release(mesh, "security-headers", {"version": "v2"})
-        steps_seen: set[str] = set()
-
         def promoted() -> bool:
             current = status(mesh)
-            steps_seen.add(str(current.get("currentStep")))
             return (
                 current.get("phase") == "Healthy"
                 and (current.get("stable") or {}).get("pluginConfig", {}).get("version") == "v2"
@@ -246,7 +257,8 @@ def test_a_good_version_is_promoted_step_by_step_and_every_response_has_one_vers
     # The canary really was a share of the pods before it was all of them.
     shares = share_over_time(samples)
     assert any(0 < share < 1 for share in shares), shares
-    assert {"1/4", "2/4", "3/4", "4/4"} <= steps_seen
+    passed = [m.split(":")[0] for m in events(mesh, "StepPassed")]
+    assert sorted(passed) == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"], passed
     final = status(mesh)
     assert final["history"][0]["outcome"] == "Promoted"
     assert "split" not in final

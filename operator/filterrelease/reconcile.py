@@ -308,13 +308,15 @@ class Reconciler:
                     self._metrics.wasmplugin_writes.labels("refused").inc()
                     decision = action_failed(obs, decision, action, err.message)
                 break
-        for action in decision.actions:
-            if isinstance(action, EmitEvent):
-                await self._emit(body, action, decision)
+        # The status before the Events: a step's outcome is recorded before it is announced,
+        # so an operator killed in between loses an Event, never a step (which would run again).
         old = obs.status.to_body()
         patch = merge_patch(body.get("status") or {}, decision.status.to_body())
         if decision.status.to_body() != old and patch:
             await self._kube.patch_release_status(obs.release.namespace, obs.release.name, patch)
+        for action in decision.actions:
+            if isinstance(action, EmitEvent):
+                await self._emit(body, action, decision)
         if retry is not None:
             raise retry  # the caller retries with backoff
         return decision

@@ -239,6 +239,7 @@ def test_a_good_version_is_promoted_step_by_step_and_every_response_has_one_vers
     with Traffic(mesh) as traffic:
         t0 = time.monotonic()
         release(mesh, "security-headers", {"version": "v2"})
+
         def promoted() -> bool:
             current = status(mesh)
             return (
@@ -339,3 +340,42 @@ def test_prometheus_down_holds_the_rollout_then_it_resumes(mesh: Mesh) -> None:
             prometheus.restart()
         wait_phase(mesh, "Healthy", timeout=180)
     assert status(mesh)["stable"]["pluginConfig"] == {"version": "v2"}
+
+
+def test_the_operator_killed_at_every_step_boundary_resumes_without_repeating_a_step(
+    mesh: Mesh,
+) -> None:
+    install_v1(mesh)
+    steps = [
+        {"setWeight": 25},
+        {"pause": {"duration": "2s"}},
+        {"setWeight": 50},
+        {"pause": {"duration": "2s"}},
+        {"setWeight": 75},
+    ]
+    kills = 0
+    with Traffic(mesh) as traffic:
+        t0 = time.monotonic()
+        release(mesh, "security-headers", {"version": "v2"}, steps=steps)
+        seen_step = 0
+        deadline = time.monotonic() + 240
+        while status(mesh).get("phase") != "Healthy" or (
+            (status(mesh).get("stable") or {}).get("pluginConfig") != {"version": "v2"}
+        ):
+            assert time.monotonic() < deadline, brief(mesh)
+            step = int((status(mesh).get("rollout") or {}).get("step", 0))
+            if step > seen_step:
+                # A step just passed (its outcome is in the status): kill -9 right there.
+                seen_step = step
+                mesh.operator.kill()
+                kills += 1
+                mesh.operator.start()
+        samples = traffic.since(t0)
+    assert kills >= len(steps) - 1
+    passed = [m.split(":")[0] for m in events(mesh, "StepPassed")]
+    assert sorted(passed) == sorted(set(passed)), passed  # no step passed twice
+    # The status is written before the Events: a kill in between loses an Event, not a step.
+    assert set(passed) <= {f"step {i}/{len(steps)}" for i in range(1, len(steps) + 1)}
+    assert len(passed) >= len(steps) - kills
+    bad = [s for s in samples if s[2] != 200 or len(versions_of(s[3])) != 1]
+    assert not bad, bad[:10]

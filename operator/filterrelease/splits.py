@@ -1,0 +1,125 @@
+"""Which releases split their pods into tracks right now: what the pod admission webhook reads.
+
+Pure in-memory state, fed from three sources:
+
+- the watch on FilterReleases (`update_from_body` on every event, `forget` on deletion);
+- one list of all FilterReleases at start-up (`load`), after which the webhook may answer: until
+  then it cannot know whether a new pod must be labelled, so it waits (admission.py);
+- the reconciler (`set`), synchronously, *before* it labels pods or narrows a WasmPlugin to the
+  stable track: the watch only shows the split once the status write has landed, and a pod
+  created in between must already be labelled.
+
+A value from the reconciler is ahead of the watch, so a watch event that still carries the
+earlier state must not undo it: it stays until the watch shows the same value (the status write
+arrived), the reconciler sets another one, or the release is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from filterrelease.core.tracks import SplitRelease
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def split_from_body(body: Mapping[str, Any]) -> SplitRelease | None:
+    """The split of one FilterRelease body, None when status.split is not true.
+
+    A selector that cannot be read is taken as matching every pod of the namespace: a track label
+    on a pod no plugin selects changes nothing, an unlabelled pod a narrowed plugin misses does.
+    """
+    status = body.get("status")
+    if not isinstance(status, Mapping) or status.get("split") is not True:
+        return None
+    spec = body.get("spec")
+    selector = spec.get("selector") if isinstance(spec, Mapping) else None
+    raw = selector.get("matchLabels") if isinstance(selector, Mapping) else None
+    labels = (
+        {str(k): str(v) for k, v in raw.items() if isinstance(v, str)}
+        if isinstance(raw, Mapping)
+        else {}
+    )
+    return SplitRelease(name=str(body["metadata"]["name"]), match_labels=labels)
+
+
+class SplitRegistry:
+    def __init__(self) -> None:
+        self._splits: dict[Key, SplitRelease] = {}
+        # Values set by the reconciler that the watch has not shown yet.
+        self._pending: dict[Key, SplitRelease | None] = {}
+        # Releases whose state came from the watch or the reconciler: the start-up list, which
+        # may be older than both, does not overwrite them.
+        self._touched: set[Key] = set()
+        self._loaded = asyncio.Event()
+
+    # -- writers ---------------------------------------------------------------------------
+
+    def update_from_body(self, body: Mapping[str, Any]) -> None:
+        """A FilterRelease as the watch (or a fresh read) shows it."""
+        meta = body["metadata"]
+        key = (str(meta["namespace"]), str(meta["name"]))
+        self._touch(key)
+        seen = split_from_body(body)
+        if key in self._pending:
+            if self._pending[key] != seen:
+                return  # the watch has not caught up with the reconciler yet
+            del self._pending[key]
+        self._put(key, seen)
+
+    def set(self, namespace: str, name: str, split: SplitRelease | None) -> None:
+        """The reconciler's word, before it acts on it: wins over older watch events."""
+        key = (namespace, name)
+        self._touch(key)
+        self._pending[key] = split
+        self._put(key, split)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The release is gone (its WasmPlugins go with it)."""
+        key = (namespace, name)
+        self._touch(key)  # a start-up list still in flight must not bring it back
+        self._pending.pop(key, None)
+        self._splits.pop(key, None)
+
+    def load(self, bodies: Iterable[Mapping[str, Any]]) -> None:
+        """The initial list of every FilterRelease; from now on the registry is complete."""
+        for body in bodies:
+            meta = body["metadata"]
+            key = (str(meta["namespace"]), str(meta["name"]))
+            if key not in self._touched:
+                self._put(key, split_from_body(body))
+        self._touched.clear()
+        self._loaded.set()
+
+    # -- readers ---------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded.is_set()
+
+    async def wait_loaded(self, seconds: float) -> bool:
+        """Whether the initial list is in, waiting for it at most `seconds`."""
+        try:
+            await asyncio.wait_for(self._loaded.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def in_namespace(self, namespace: str) -> tuple[SplitRelease, ...]:
+        """The split releases of one namespace, by name (a stable order for tests and logs)."""
+        found = [s for (ns, _), s in self._splits.items() if ns == namespace]
+        return tuple(sorted(found, key=lambda s: s.name))
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _touch(self, key: Key) -> None:
+        if not self.loaded:
+            self._touched.add(key)
+
+    def _put(self, key: Key, split: SplitRelease | None) -> None:
+        if split is None:
+            self._splits.pop(key, None)
+        else:
+            self._splits[key] = split

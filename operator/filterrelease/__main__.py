@@ -17,6 +17,8 @@ def main() -> None:
     )
     # kopf logs every successful handler call at INFO: one line per watch event is noise.
     logging.getLogger("kopf.objects").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # aiohttp logs every admission request (one per pod created in a meshed namespace).
+    logging.getLogger("aiohttp.access").setLevel(max(logging.WARNING, logging.getLogger().level))
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     kopf.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,34 @@ class Settings(BaseModel):
     prometheus_scrape_seconds: float = Field(default=15.0, gt=0)
     # Per Prometheus query or pod log read during analysis.
     analysis_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # The pod admission webhook that puts new pods of a split release on its stable track
+    # (admission.py). Off only where no release is ever split: without it a pod created during
+    # a canary rollout would be selected by no WasmPlugin.
+    webhook_enabled: bool = True
+    webhook_address: str = "0.0.0.0"  # noqa: S104  (the API server calls the pod's own IP)
+    webhook_port: int = Field(default=9443, gt=0, le=65535)
+    # The name the API server calls the webhook by (URL and self-signed certificate); empty:
+    # the Service's DNS name when webhook_service is set, else webhook_address.
+    webhook_host: str = ""
+    # "namespace/name" of the Service in front of the webhook (port 443): the API server then
+    # calls it through the Service, which works where the API server cannot resolve cluster DNS.
+    webhook_service: str = ""
+    # A certificate of your own (e.g. cert-manager's Secret, mounted); empty: a self-signed one
+    # is made at every start. The CA file is what the API server trusts (default: the cert).
+    webhook_cert_file: str = ""
+    webhook_key_file: str = ""
+    webhook_ca_file: str = ""
+    # Fail: no pod of a meshed namespace is created unlabelled while the webhook is unreachable.
+    webhook_failure_policy: Literal["Fail", "Ignore"] = "Fail"
+    # Only namespaces with these labels (comma-separated key=value) go through the webhook:
+    # WasmPlugins only act on pods with a sidecar, so the rest of the cluster need not wait on it.
+    webhook_namespace_selector: str = "istio-injection=enabled"
+    webhook_configuration_name: str = "pod-tracks.filterrelease.dev"
+    # Where the operator runs: never sent through its own webhook (a Fail webhook must not
+    # stop its own server from being recreated), and owner of the webhook configuration, so
+    # deleting the namespace (uninstalling) removes it too.
+    operator_namespace: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -20,6 +20,7 @@ from typing import Any
 
 import kopf
 
+from filterrelease import admission
 from filterrelease.analyzer import Analyzer
 from filterrelease.config import Settings
 from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
@@ -31,6 +32,7 @@ from filterrelease.providers.dryrun import EnvoyDryRun
 from filterrelease.providers.envoy import find_envoy
 from filterrelease.providers.registry import RegistryClient
 from filterrelease.reconcile import Reconciler
+from filterrelease.splits import SplitRegistry
 from filterrelease.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def _now() -> datetime:
 
 def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
     """Register the handlers on a registry of the caller's (no import-time registration)."""
+    admission.register(registry, config)  # the pod admission webhook (admission.py)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -57,6 +60,9 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         if config.metrics_port:
             metrics.serve(config.metrics_address, config.metrics_port)
         memo.kube = kube
+        # Pod admission: which releases are split, and kopf's webhook server (admission.py).
+        memo.splits = SplitRegistry()
+        memo.admission = await admission.start(settings, config, memo.splits, kube, api_client)
         registry = RegistryClient(timeout=config.registry_timeout_seconds)
         preflight = Preflight(kube, registry, metrics, dry_run_for(config))
         memo.analyzer = analyzer_for(config, api_client)
@@ -84,17 +90,20 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         await memo.notifier.aclose()
         if memo.analyzer is not None:
             memo.analyzer.close()
+        await memo.admission.stop()
         memo.kube.close()
 
     @kopf.on.event(GROUP, "v1alpha1", "filterreleases", registry=registry)
     async def release_event(
-        namespace: str | None, name: str, type: str, memo: kopf.Memo, **_: Any
+        namespace: str | None, name: str, type: str, body: kopf.Body, memo: kopf.Memo, **_: Any
     ) -> None:
         if namespace is None:  # FilterRelease is namespaced; kopf types this for all kinds
             return
         if type == "DELETED":
+            memo.splits.forget(namespace, name)
             memo.reconciler.forget(namespace, name)
             return
+        memo.splits.update_from_body(body)  # before the reconcile: admission must not lag
         await reconcile_logged(memo.reconciler, namespace, name, requeues=memo.requeues)
 
     @kopf.on.event(

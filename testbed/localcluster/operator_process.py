@@ -29,7 +29,7 @@ class OperatorProcess(StartStop):
         self.log_path = log_path
         self.resync_seconds = resync_seconds
         self.extra_env = extra_env or {}
-        self.metrics_port, self.health_port = free_ports(2)
+        self.metrics_port, self.health_port, self.webhook_port = free_ports(3)
         self._proc: ManagedProcess | None = None
 
     @property
@@ -39,6 +39,11 @@ class OperatorProcess(StartStop):
     def start(self, timeout: float = 60) -> None:
         env = {
             **os.environ,
+            # The pod admission webhook on loopback, where the local API server calls it; the
+            # certificate is self-signed for 127.0.0.1. extra_env may change any of this.
+            "FILTERRELEASE_WEBHOOK_ADDRESS": "127.0.0.1",
+            "FILTERRELEASE_WEBHOOK_PORT": str(self.webhook_port),
+            "FILTERRELEASE_WEBHOOK_HOST": "127.0.0.1",
             **self.extra_env,
             "KUBECONFIG": str(self.kubeconfig),
             "FILTERRELEASE_RESYNC_SECONDS": str(self.resync_seconds),

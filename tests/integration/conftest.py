@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 
 from localcluster import LocalCluster
-from localcluster.install import ISTIO_VERSIONS, install_filterrelease, install_istio_crds
+from localcluster.install import (
+    ISTIO_VERSIONS,
+    OPERATOR_NAMESPACE,
+    install_filterrelease,
+    install_istio_crds,
+)
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
 
@@ -45,6 +50,8 @@ def operator(
         operator_kubeconfig,
         istio_cluster.workdir / "logs" / "operator.log",
         resync_seconds=RESYNC_SECONDS,
+        # As in deploy/: the namespace owns the pod webhook's configuration and is exempt from it.
+        extra_env={"FILTERRELEASE_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE},
     )
     with proc:
         yield proc

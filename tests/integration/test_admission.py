@@ -1,0 +1,232 @@
+"""The pod admission webhook on the real API server, served by the real operator subprocess.
+
+While a release is split (status.split), a pod it selects that is created in a meshed namespace
+must join the stable track; everything else passes unchanged. Polls use server-side dry runs,
+which go through mutating webhooks without creating anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from filterrelease.core.tracks import track_label
+from localcluster import LocalCluster
+from localcluster.install import OPERATOR_NAMESPACE
+from localcluster.operator_process import OperatorProcess
+from tests.integration.conftest import Published, get_json
+from tests.integration.test_operator import example, wait_ready
+
+pytestmark = [pytest.mark.integration]
+
+TIMEOUT = 30.0
+RELEASE = "security-headers"  # the example's name; it selects app=frontend
+TRACK = track_label(RELEASE)
+WEBHOOK = "pod-tracks.filterrelease.dev"
+
+_counter = iter(range(1_000_000))
+
+
+def wait_default_serviceaccount(cluster: LocalCluster, namespace: str) -> None:
+    # Pods are refused until the controller manager has made the namespace's ServiceAccount.
+    cluster.wait_for(
+        lambda: get_json(cluster, "serviceaccount", "default", "-n", namespace) is not None,
+        timeout=TIMEOUT,
+        what=f"ServiceAccount {namespace}/default",
+    )
+
+
+@pytest.fixture
+def meshed(istio_cluster: LocalCluster) -> Iterator[str]:
+    """A fresh namespace labelled for sidecar injection, as Istio's users label theirs."""
+    name = f"adm{next(_counter)}"
+    istio_cluster.kubectl("create", "namespace", name)
+    istio_cluster.kubectl("label", "namespace", name, "istio-injection=enabled")
+    wait_default_serviceaccount(istio_cluster, name)
+    yield name
+    istio_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]},
+    }
+
+
+def create_pod(
+    cluster: LocalCluster, namespace: str, manifest: dict[str, Any], *, dry_run: bool = False
+) -> tuple[dict[str, str] | None, str]:
+    """Create a pod; (its labels as admitted, kubectl's stderr); labels None when refused."""
+    args = ["create", "-n", namespace, "-f", "-", "-o", "json"]
+    if dry_run:
+        args.append("--dry-run=server")
+    result = cluster.kubectl(*args, input=json.dumps(manifest), check=False)
+    if result.returncode != 0:
+        return None, result.stderr
+    return dict(json.loads(result.stdout)["metadata"].get("labels") or {}), result.stderr
+
+
+def track_when_created(cluster: LocalCluster, namespace: str, labels: dict[str, str]) -> Any:
+    """The track label a pod with `labels` would get if created now (server-side dry run)."""
+    admitted, stderr = create_pod(cluster, namespace, pod("probe", labels), dry_run=True)
+    assert admitted is not None, stderr
+    return admitted.get(TRACK)
+
+
+def set_split(cluster: LocalCluster, namespace: str, split: bool | None) -> None:
+    # Where the reconciler will set it; a hand-written status stands in until the canary engine.
+    patch = json.dumps({"status": {"split": split}})
+    cluster.kubectl(
+        "patch", "filterrelease", RELEASE, "-n", namespace,
+        "--subresource=status", "--type=merge", "-p", patch,
+    )  # fmt: skip
+
+
+def start_release(cluster: LocalCluster, namespace: str, published: Published) -> None:
+    manifest = example(namespace, registry=published.registry)
+    assert cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest)).returncode == 0
+    wait_ready(cluster, namespace, RELEASE)
+
+
+def wait_track(cluster: LocalCluster, namespace: str, want: str | None) -> None:
+    cluster.wait_for(
+        lambda: track_when_created(cluster, namespace, {"app": "frontend"}) == want,
+        timeout=TIMEOUT,
+        what=f"new frontend pods in {namespace} to get track {want}",
+    )
+
+
+@pytest.mark.usefixtures("operator")
+def test_new_pods_of_a_split_release_join_the_stable_track(
+    istio_cluster: LocalCluster, meshed: str, published: Published
+) -> None:
+    start_release(istio_cluster, meshed, published)
+    # Not split: nothing to add.
+    assert track_when_created(istio_cluster, meshed, {"app": "frontend"}) is None
+
+    set_split(istio_cluster, meshed, True)
+    wait_track(istio_cluster, meshed, "stable")
+
+    labels, _ = create_pod(istio_cluster, meshed, pod("frontend-1", {"app": "frontend"}))
+    assert labels == {"app": "frontend", TRACK: "stable"}
+    stored = get_json(istio_cluster, "pod", "frontend-1", "-n", meshed)
+    assert stored["metadata"]["labels"][TRACK] == "stable"
+    # Created by a controller: no name yet at admission, only generateName.
+    generated = pod("", {"app": "frontend", "pod-template-hash": "7d4b9"})
+    del generated["metadata"]["name"]
+    generated["metadata"]["generateName"] = "frontend-7d4b9-"
+    labels, _ = create_pod(istio_cluster, meshed, generated)
+    assert labels is not None
+    assert labels[TRACK] == "stable"
+    # Not selected by the release: untouched.
+    labels, _ = create_pod(istio_cluster, meshed, pod("cart-1", {"app": "cart"}))
+    assert labels == {"app": "cart"}
+    # Already on a track (moved by the operator, or made by hand): it stays there.
+    labels, _ = create_pod(
+        istio_cluster, meshed, pod("frontend-2", {"app": "frontend", TRACK: "canary"})
+    )
+    assert labels == {"app": "frontend", TRACK: "canary"}
+
+    # The reconciler's own status writes (merge patches) keep the flag: a spec change makes it
+    # write a new status, which must still say split.
+    istio_cluster.kubectl(
+        "patch", "filterrelease", RELEASE, "-n", meshed, "--type=merge",
+        "-p", json.dumps({"spec": {"pluginConfig": {"frame_options": "SAMEORIGIN"}}}),
+    )  # fmt: skip
+    body = wait_ready(istio_cluster, meshed, RELEASE, generation=2)
+    assert body["status"]["split"] is True
+
+    # The split ends: new pods are left as they come.
+    set_split(istio_cluster, meshed, False)
+    wait_track(istio_cluster, meshed, None)
+    set_split(istio_cluster, meshed, True)
+    wait_track(istio_cluster, meshed, "stable")
+    set_split(istio_cluster, meshed, None)  # a status without the field: not split
+    wait_track(istio_cluster, meshed, None)
+
+
+@pytest.mark.usefixtures("operator")
+def test_unmeshed_namespaces_are_not_sent_through_the_webhook(
+    istio_cluster: LocalCluster, namespace: str, meshed: str, published: Published
+) -> None:
+    # The same split release in both namespaces; only the meshed one's pods get the label (the
+    # others have no sidecar, so no WasmPlugin applies to them anyway).
+    wait_default_serviceaccount(istio_cluster, namespace)
+    for ns in (meshed, namespace):
+        start_release(istio_cluster, ns, published)
+        set_split(istio_cluster, ns, True)
+    wait_track(istio_cluster, meshed, "stable")
+    labels, stderr = create_pod(istio_cluster, namespace, pod("frontend-1", {"app": "frontend"}))
+    assert labels == {"app": "frontend"}, stderr
+
+
+def test_the_webhook_configuration_is_ours(
+    istio_cluster: LocalCluster, operator: OperatorProcess
+) -> None:
+    config = get_json(istio_cluster, "mutatingwebhookconfiguration", WEBHOOK)
+    assert config is not None
+    (hook,) = config["webhooks"]
+    assert hook["clientConfig"]["url"] == f"https://127.0.0.1:{operator.webhook_port}/pod-tracks"
+    assert hook["failurePolicy"] == "Fail"
+    assert hook["rules"][0]["resources"] == ["pods"]
+    assert hook["rules"][0]["operations"] == ["CREATE"]
+    assert hook["namespaceSelector"]["matchLabels"] == {"istio-injection": "enabled"}
+    exempt = hook["namespaceSelector"]["matchExpressions"][0]
+    assert exempt["operator"] == "NotIn"
+    assert set(exempt["values"]) == {"kube-system", OPERATOR_NAMESPACE}
+    # Owned by the operator's namespace: uninstalling removes the webhook with it.
+    owner_ns = get_json(istio_cluster, "namespace", OPERATOR_NAMESPACE)
+    assert config["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "name": OPERATOR_NAMESPACE,
+            "uid": owner_ns["metadata"]["uid"],
+        }
+    ]
+    # The caBundle is the CA of the certificate the operator serves: a TLS client that trusts
+    # only it, as the API server does, completes a handshake with the webhook for 127.0.0.1.
+    ca = base64.b64decode(hook["clientConfig"]["caBundle"]).decode()
+    context = ssl.create_default_context(cadata=ca)
+    with (
+        socket.create_connection(("127.0.0.1", operator.webhook_port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        assert tls.version() is not None
+
+
+def test_pod_creation_while_the_operator_is_down(
+    istio_cluster: LocalCluster, namespace: str, meshed: str, operator: OperatorProcess
+) -> None:
+    """Fail closed in meshed namespaces, only there, and back as soon as the operator is."""
+    wait_default_serviceaccount(istio_cluster, namespace)
+    operator.stop()  # a clean shutdown (SIGTERM), as for an upgrade or a drained node
+    try:
+        # The configuration stays: kopf's managed one would be withdrawn on shutdown, and pods
+        # created meanwhile would skip the label.
+        assert get_json(istio_cluster, "mutatingwebhookconfiguration", WEBHOOK) is not None
+        labels, stderr = create_pod(istio_cluster, meshed, pod("frontend-1", {"app": "frontend"}))
+        assert labels is None
+        assert f'failed calling webhook "{WEBHOOK}"' in stderr
+        assert get_json(istio_cluster, "pod", "frontend-1", "-n", meshed) is None
+        # Elsewhere the cluster does not notice.
+        labels, stderr = create_pod(istio_cluster, namespace, pod("other", {"app": "frontend"}))
+        assert labels == {"app": "frontend"}, stderr
+    finally:
+        operator.start()
+    # Back up (new self-signed certificate, configuration rewritten): pods are admitted again.
+    frontend = pod("frontend-1", {"app": "frontend"})
+    istio_cluster.wait_for(
+        lambda: create_pod(istio_cluster, meshed, frontend)[0] is not None,
+        timeout=TIMEOUT,
+        what="pod creation in a meshed namespace after the operator's restart",
+    )

@@ -204,15 +204,23 @@ def test_the_webhook_configuration_is_ours(
         assert tls.version() is not None
 
 
+@pytest.mark.parametrize("how", ["stop", "kill"])
 def test_pod_creation_while_the_operator_is_down(
-    istio_cluster: LocalCluster, namespace: str, meshed: str, operator: OperatorProcess
+    istio_cluster: LocalCluster,
+    namespace: str,
+    meshed: str,
+    operator: OperatorProcess,
+    how: str,
 ) -> None:
     """Fail closed in meshed namespaces, only there, and back as soon as the operator is."""
     wait_default_serviceaccount(istio_cluster, namespace)
-    operator.stop()  # a clean shutdown (SIGTERM), as for an upgrade or a drained node
+    if how == "stop":
+        operator.stop()  # a clean shutdown (SIGTERM), as for an upgrade or a drained node
+    else:
+        operator.kill()  # a crash, or a node lost
     try:
-        # The configuration stays: kopf's managed one would be withdrawn on shutdown, and pods
-        # created meanwhile would skip the label.
+        # The configuration stays either way: kopf's managed one would be withdrawn on a clean
+        # shutdown, and pods created meanwhile would skip the label.
         assert get_json(istio_cluster, "mutatingwebhookconfiguration", WEBHOOK) is not None
         labels, stderr = create_pod(istio_cluster, meshed, pod("frontend-1", {"app": "frontend"}))
         assert labels is None

@@ -75,6 +75,7 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
             _now,
             measurer=memo.analyzer,
             notifier=memo.notifier,
+            on_split=memo.splits.on_split,  # admission labels new pods before a split acts
         )
         memo.requeues.reconciler = memo.reconciler
         memo.resync = asyncio.create_task(

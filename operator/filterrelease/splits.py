@@ -76,6 +76,13 @@ class SplitRegistry:
         self._pending[key] = split
         self._put(key, split)
 
+    def on_split(
+        self, namespace: str, name: str, match_labels: dict[str, str], split: bool
+    ) -> None:
+        """set() in the shape of the reconciler's SplitListener (reconcile.py)."""
+        value = SplitRelease(name=name, match_labels=match_labels) if split else None
+        self.set(namespace, name, value)
+
     def forget(self, namespace: str, name: str) -> None:
         """The release is gone (its WasmPlugins go with it)."""
         key = (namespace, name)

@@ -1,8 +1,8 @@
 """The pod admission webhook on the real API server, served by the real operator subprocess.
 
-While a release is split (status.split), a pod it selects that is created in a meshed namespace
-must join the stable track; everything else passes unchanged. Polls use server-side dry runs,
-which go through mutating webhooks without creating anything.
+While a release is split (a canary rollout in progress: status.split), a pod it selects that is
+created in a meshed namespace must join the stable track; everything else passes unchanged.
+Polls use server-side dry runs, which go through mutating webhooks without creating anything.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from localcluster import LocalCluster
 from localcluster.install import OPERATOR_NAMESPACE
 from localcluster.operator_process import OperatorProcess
 from tests.integration.conftest import Published, get_json
-from tests.integration.test_operator import example, wait_ready
+from tests.integration.test_operator import condition, example
 
 pytestmark = [pytest.mark.integration]
 
-TIMEOUT = 30.0
+# Generous: the first release of a session runs pre-flight's Envoy dry run on a cold cache,
+# on 2 shared cores.
+TIMEOUT = 60.0
 RELEASE = "security-headers"  # the example's name; it selects app=frontend
 TRACK = track_label(RELEASE)
 WEBHOOK = "pod-tracks.filterrelease.dev"
@@ -82,19 +84,39 @@ def track_when_created(cluster: LocalCluster, namespace: str, labels: dict[str, 
     return admitted.get(TRACK)
 
 
-def set_split(cluster: LocalCluster, namespace: str, split: bool | None) -> None:
-    # Where the reconciler will set it; a hand-written status stands in until the canary engine.
-    patch = json.dumps({"status": {"split": split}})
-    cluster.kubectl(
-        "patch", "filterrelease", RELEASE, "-n", namespace,
-        "--subresource=status", "--type=merge", "-p", patch,
-    )  # fmt: skip
+def split(cluster: LocalCluster, namespace: str) -> Any:
+    body = get_json(cluster, "filterrelease", RELEASE, "-n", namespace)
+    return (body or {}).get("status", {}).get("split")
 
 
-def start_release(cluster: LocalCluster, namespace: str, published: Published) -> None:
+def release_with_canary(
+    cluster: LocalCluster, namespace: str, published: Published
+) -> dict[str, Any]:
+    """v1.1.0 released, with a canary strategy that pauses until promoted; the manifest."""
     manifest = example(namespace, registry=published.registry)
-    assert cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest)).returncode == 0
-    wait_ready(cluster, namespace, RELEASE)
+    manifest["spec"]["strategy"] = {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def ready() -> bool:
+        c = condition(get_json(cluster, "filterrelease", RELEASE, "-n", namespace), "Ready")
+        return c is not None and c["status"] == "True"
+
+    cluster.wait_for(ready, timeout=TIMEOUT, what=f"FilterRelease {namespace}/{RELEASE} Ready")
+    return manifest
+
+
+def roll_out_canary(cluster: LocalCluster, manifest: dict[str, Any], published: Published) -> None:
+    """v1.2.0 as a canary: the operator marks the release split (and tells admission) before
+    it narrows anything."""
+    manifest["spec"]["module"]["url"] = published.url("v1.2.0")
+    manifest["spec"]["pluginConfig"]["version"] = "v1.2.0"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    namespace = manifest["metadata"]["namespace"]
+    cluster.wait_for(
+        lambda: split(cluster, namespace) is True,
+        timeout=TIMEOUT,
+        what=f"FilterRelease {namespace}/{RELEASE} split",
+    )
 
 
 def wait_track(cluster: LocalCluster, namespace: str, want: str | None) -> None:
@@ -109,23 +131,22 @@ def wait_track(cluster: LocalCluster, namespace: str, want: str | None) -> None:
 def test_new_pods_of_a_split_release_join_the_stable_track(
     istio_cluster: LocalCluster, meshed: str, published: Published
 ) -> None:
-    start_release(istio_cluster, meshed, published)
-    # Not split: nothing to add.
+    manifest = release_with_canary(istio_cluster, meshed, published)
+    # Not split (one version everywhere): nothing to add.
     assert track_when_created(istio_cluster, meshed, {"app": "frontend"}) is None
 
-    set_split(istio_cluster, meshed, True)
-    wait_track(istio_cluster, meshed, "stable")
+    roll_out_canary(istio_cluster, manifest, published)
+    # The operator told admission before it wrote status.split: no waiting from here on.
+    assert track_when_created(istio_cluster, meshed, {"app": "frontend"}) == "stable"
 
-    labels, _ = create_pod(istio_cluster, meshed, pod("frontend-1", {"app": "frontend"}))
-    assert labels == {"app": "frontend", TRACK: "stable"}
-    stored = get_json(istio_cluster, "pod", "frontend-1", "-n", meshed)
-    assert stored["metadata"]["labels"][TRACK] == "stable"
+    labels, stderr = create_pod(istio_cluster, meshed, pod("frontend-1", {"app": "frontend"}))
+    assert labels == {"app": "frontend", TRACK: "stable"}, stderr
     # Created by a controller: no name yet at admission, only generateName.
     generated = pod("", {"app": "frontend", "pod-template-hash": "7d4b9"})
     del generated["metadata"]["name"]
     generated["metadata"]["generateName"] = "frontend-7d4b9-"
-    labels, _ = create_pod(istio_cluster, meshed, generated)
-    assert labels is not None
+    labels, stderr = create_pod(istio_cluster, meshed, generated)
+    assert labels is not None, stderr
     assert labels[TRACK] == "stable"
     # Not selected by the release: untouched.
     labels, _ = create_pod(istio_cluster, meshed, pod("cart-1", {"app": "cart"}))
@@ -136,35 +157,28 @@ def test_new_pods_of_a_split_release_join_the_stable_track(
     )
     assert labels == {"app": "frontend", TRACK: "canary"}
 
-    # The reconciler's own status writes (merge patches) keep the flag: a spec change makes it
-    # write a new status, which must still say split.
+    # Rolled back: the split ends, and new pods are left as they come.
     istio_cluster.kubectl(
-        "patch", "filterrelease", RELEASE, "-n", meshed, "--type=merge",
-        "-p", json.dumps({"spec": {"pluginConfig": {"frame_options": "SAMEORIGIN"}}}),
-    )  # fmt: skip
-    body = wait_ready(istio_cluster, meshed, RELEASE, generation=2)
-    assert body["status"]["split"] is True
-
-    # The split ends: new pods are left as they come.
-    set_split(istio_cluster, meshed, False)
-    wait_track(istio_cluster, meshed, None)
-    set_split(istio_cluster, meshed, True)
-    wait_track(istio_cluster, meshed, "stable")
-    set_split(istio_cluster, meshed, None)  # a status without the field: not split
+        "annotate", "filterrelease", RELEASE, "-n", meshed, "filterrelease.dev/request=abort"
+    )
+    istio_cluster.wait_for(
+        lambda: split(istio_cluster, meshed) is None,
+        timeout=TIMEOUT,
+        what="the split to end after the abort",
+    )
     wait_track(istio_cluster, meshed, None)
 
 
 @pytest.mark.usefixtures("operator")
 def test_unmeshed_namespaces_are_not_sent_through_the_webhook(
-    istio_cluster: LocalCluster, namespace: str, meshed: str, published: Published
+    istio_cluster: LocalCluster, namespace: str, published: Published
 ) -> None:
-    # The same split release in both namespaces; only the meshed one's pods get the label (the
-    # others have no sidecar, so no WasmPlugin applies to them anyway).
+    # A split release in a namespace without sidecar injection: its pods are not sent to the
+    # webhook (no WasmPlugin acts on a pod without a sidecar anyway).
     wait_default_serviceaccount(istio_cluster, namespace)
-    for ns in (meshed, namespace):
-        start_release(istio_cluster, ns, published)
-        set_split(istio_cluster, ns, True)
-    wait_track(istio_cluster, meshed, "stable")
+    roll_out_canary(
+        istio_cluster, release_with_canary(istio_cluster, namespace, published), published
+    )
     labels, stderr = create_pod(istio_cluster, namespace, pod("frontend-1", {"app": "frontend"}))
     assert labels == {"app": "frontend"}, stderr
 

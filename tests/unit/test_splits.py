@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from filterrelease.core.tracks import SplitRelease, admission_labels, track_label
+from filterrelease.reconcile import SplitListener
 from filterrelease.splits import SplitRegistry, split_from_body
 
 FRONTEND = {"app": "frontend"}
@@ -115,6 +116,17 @@ def test_ending_a_split_also_waits_for_the_watch() -> None:
     reg.update_from_body(body(split=False))
     reg.update_from_body(body())  # a later split seen by the watch counts again
     assert reg.in_namespace("shop") == (headers(),)
+
+
+def test_the_reconcilers_split_listener() -> None:
+    reg = SplitRegistry()
+    listener: SplitListener = reg.on_split  # what handlers.py hands the Reconciler (typed)
+    listener("shop", "headers", dict(FRONTEND), True)
+    reg.update_from_body(body(split=None))  # the status write has not arrived
+    assert reg.in_namespace("shop") == (headers(),)
+    reg.update_from_body(body())
+    listener("shop", "headers", dict(FRONTEND), False)
+    assert reg.in_namespace("shop") == ()
 
 
 def test_a_new_set_replaces_a_pending_one_and_forget_drops_it() -> None:

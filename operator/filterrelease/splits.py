@@ -9,9 +9,12 @@ Pure in-memory state, fed from three sources:
   stable track: the watch only shows the split once the status write has landed, and a pod
   created in between must already be labelled.
 
-A value from the reconciler is ahead of the watch, so a watch event that still carries the
-earlier state must not undo it: it stays until the watch shows the same value (the status write
-arrived), the reconciler sets another one, or the release is forgotten.
+The reconciler is ahead of the watch, and the watch may still deliver events older than what
+the reconciler acted on (its own earlier status writes, a spec change it already read). So until
+the watch shows the reconciler's value, both count: a pod is labelled if either the watch or the
+reconciler says its release is split and selects it. A track label too many is harmless (the
+stable plugin selects the pod, or selects it anyway when not narrowed); one too few is a pod
+that runs without its filter.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ def split_from_body(body: Mapping[str, Any]) -> SplitRelease | None:
 
 class SplitRegistry:
     def __init__(self) -> None:
-        self._splits: dict[Key, SplitRelease] = {}
-        # Values set by the reconciler that the watch has not shown yet.
+        # What the watch (or the start-up list) last showed, split releases only.
+        self._watched: dict[Key, SplitRelease] = {}
+        # What the reconciler said, until the watch shows the same.
         self._pending: dict[Key, SplitRelease | None] = {}
         # Releases whose state came from the watch or the reconciler: the start-up list, which
         # may be older than both, does not overwrite them.
@@ -63,18 +67,15 @@ class SplitRegistry:
         key = (str(meta["namespace"]), str(meta["name"]))
         self._touch(key)
         seen = split_from_body(body)
-        if key in self._pending:
-            if self._pending[key] != seen:
-                return  # the watch has not caught up with the reconciler yet
-            del self._pending[key]
         self._put(key, seen)
+        if key in self._pending and self._pending[key] == seen:
+            del self._pending[key]  # the watch has caught up with the reconciler
 
     def set(self, namespace: str, name: str, split: SplitRelease | None) -> None:
-        """The reconciler's word, before it acts on it: wins over older watch events."""
+        """The reconciler's word, before it acts on it: counts until the watch shows it."""
         key = (namespace, name)
         self._touch(key)
         self._pending[key] = split
-        self._put(key, split)
 
     def on_split(
         self, namespace: str, name: str, match_labels: dict[str, str], split: bool
@@ -88,7 +89,7 @@ class SplitRegistry:
         key = (namespace, name)
         self._touch(key)  # a start-up list still in flight must not bring it back
         self._pending.pop(key, None)
-        self._splits.pop(key, None)
+        self._watched.pop(key, None)
 
     def load(self, bodies: Iterable[Mapping[str, Any]]) -> None:
         """The initial list of every FilterRelease; from now on the registry is complete."""
@@ -115,9 +116,15 @@ class SplitRegistry:
         return True
 
     def in_namespace(self, namespace: str) -> tuple[SplitRelease, ...]:
-        """The split releases of one namespace, by name (a stable order for tests and logs)."""
-        found = [s for (ns, _), s in self._splits.items() if ns == namespace]
-        return tuple(sorted(found, key=lambda s: s.name))
+        """The split releases of one namespace, sorted (a stable order for tests and logs).
+
+        A release may appear twice, with the selector the watch shows and the one the
+        reconciler acted on, while the two differ."""
+        found = [s for (ns, _), s in self._watched.items() if ns == namespace]
+        for (ns, _), s in self._pending.items():
+            if ns == namespace and s is not None and s not in found:
+                found.append(s)
+        return tuple(sorted(found, key=lambda s: (s.name, sorted(s.match_labels.items()))))
 
     # -- internals -------------------------------------------------------------------------
 
@@ -127,6 +134,6 @@ class SplitRegistry:
 
     def _put(self, key: Key, split: SplitRelease | None) -> None:
         if split is None:
-            self._splits.pop(key, None)
+            self._watched.pop(key, None)
         else:
-            self._splits[key] = split
+            self._watched[key] = split

@@ -147,7 +147,29 @@ class Reconciler:
         decision = await self._execute(body, obs, decision)
         self._metrics.reconciles.labels(namespace, name, decision.trigger.value).inc()
         self._metrics.set_phase(namespace, name, decision.phase)
+        self._count_rollout(namespace, name, obs, decision)
         return decision
+
+    def _count_rollout(
+        self, namespace: str, name: str, obs: Observation, decision: Decision
+    ) -> None:
+        status = decision.status
+        running = status.rollout is not None and status.canary is not None
+        step = status.rollout.step + 1 if running and status.rollout else None
+        self._metrics.set_rollout(namespace, name, weight=status.canary_weight, step=step)
+        # A rollout ended when the newest history entry is new in this decision.
+        before = obs.status.history[0] if obs.status.history else None
+        after = status.history[0] if status.history else None
+        if after is not None and after != before and after.outcome in ("Promoted", "RolledBack"):
+            self._metrics.rollouts.labels(namespace, name, after.outcome).inc()
+        new = {m.finished_at + m.metric: m for r in obs.step_results + obs.background_results
+               for m in r.measurements}  # fmt: skip
+        old = obs.status.rollout
+        seen = {m.finished_at + m.metric for r in (old.analysis + old.background if old else ())
+                for m in r.measurements}  # fmt: skip
+        for key, measurement in new.items():
+            if key not in seen:
+                self._metrics.measurements.labels(measurement.phase.value).inc()
 
     async def _observe(self, body: dict[str, Any]) -> Observation:
         meta = body["metadata"]

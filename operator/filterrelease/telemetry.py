@@ -56,6 +56,37 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.canary_weight = Gauge(
+            "filterrelease_canary_weight_percent",
+            "Share of each release's selected pods on the canary track (0 when not split).",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.rollout_step = Gauge(
+            "filterrelease_rollout_step",
+            "Index (1-based) of the canary step each release runs; 0 when none runs.",
+            ["namespace", "name"],
+            registry=self.registry,
+        )
+        self.rollouts = Counter(
+            "filterrelease_rollouts_total",
+            "Canary rollouts that ended, by outcome (Promoted, RolledBack).",
+            ["namespace", "name", "outcome"],
+            registry=self.registry,
+        )
+        self.measurements = Counter(
+            "filterrelease_analysis_measurements_total",
+            "Analysis measurements taken, by phase (Successful, Failed, Inconclusive, Error).",
+            ["phase"],
+            registry=self.registry,
+        )
+
+    def set_rollout(
+        self, namespace: str, name: str, *, weight: int | None, step: int | None
+    ) -> None:
+        self.canary_weight.labels(namespace, name).set(weight or 0)
+        self.rollout_step.labels(namespace, name).set(step or 0)
+
     def set_phase(self, namespace: str, name: str, phase: Phase) -> None:
         for p in Phase:
             self.phase.labels(namespace, name, p.value).set(1 if p == phase else 0)
@@ -71,6 +102,13 @@ class Metrics:
         }
         for trigger in triggers:
             self.reconciles.remove(namespace, name, trigger)
+        for gauge in (self.canary_weight, self.rollout_step):
+            if (namespace, name) in {
+                (s.labels.get("namespace"), s.labels.get("name"))
+                for family in gauge.collect()
+                for s in family.samples
+            }:
+                gauge.remove(namespace, name)
 
     def serve(self, address: str, port: int) -> None:
         start_http_server(port, addr=address, registry=self.registry)

@@ -22,12 +22,24 @@ from typing import Any
 import yaml
 
 from localcluster.cluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION, REPO, install_filterrelease
+from localcluster.demo_canary import (
+    Responses,
+    canary_manifest,
+    follow,
+    rollout_events,
+    status_of,
+)
+from localcluster.install import (
+    DEFAULT_ISTIO_VERSION,
+    OPERATOR_NAMESPACE,
+    REPO,
+    install_filterrelease,
+)
 from localcluster.mesh import MeshCluster
 from localcluster.network import LOOPBACK
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
-from meshtraffic.loadgen import LoadGenerator, workdir_endpoints
+from meshtraffic.loadgen import LoadGenerator, LoadResult, workdir_endpoints
 from meshtraffic.podlogs import CONTAINER
 
 NS = "shop"
@@ -179,6 +191,12 @@ class Traffic:
             flush=True,
         )
 
+    def add(self, result: LoadResult) -> None:
+        """Count a load that ran on its own (during a rollout) into what Prometheus must see."""
+        for (_, pod), codes in result.responses.items():
+            for code, n in codes.items():
+                self._count(pod, code, n)
+
     def _count(self, pod: str, code: int, n: int = 1) -> None:
         key = (pod, str(code))
         self.sent[key] = self.sent.get(key, 0) + n
@@ -213,7 +231,14 @@ def run(workdir: Path, keep: bool) -> None:
         say("Installing the FilterRelease CRD and the operator's RBAC")
         kubeconfig = install_filterrelease(cluster)
         say("Starting the operator as ServiceAccount filterrelease-system/filterrelease-operator")
-        with OperatorProcess(kubeconfig, workdir / "logs" / "operator.log") as operator:
+        analysis = {
+            "FILTERRELEASE_PROMETHEUS_URL": cluster.mesh.prometheus.url,
+            "FILTERRELEASE_PROMETHEUS_SCRAPE_SECONDS": "1",
+            "FILTERRELEASE_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+        }
+        with OperatorProcess(
+            kubeconfig, workdir / "logs" / "operator.log", extra_env=analysis
+        ) as operator:
             print(f"  pid {operator.pid}, log {operator.log_path}")
             demo_steps(cluster)
             if keep:
@@ -254,6 +279,9 @@ def publish_versions(cluster: LocalCluster, modules: dict[str, bytes]) -> None:
     publish(cluster.registry.host, "filters/security-headers", "v1.3.0-oras",
             modules["security-headers"], "oras-single")  # fmt: skip
     print("  filters/security-headers:v1.3.0-oras (a one-layer `oras push`, which Istio rejects)")
+    publish(cluster.registry.host, "filters/security-headers", "v1.3.0", modules["panicky"],
+            "oci-wasm")  # fmt: skip
+    print("  filters/security-headers:v1.3.0 (a faulty build: panics every 5th request)")
 
 
 def demo_steps(cluster: MeshCluster) -> None:
@@ -263,14 +291,16 @@ def demo_steps(cluster: MeshCluster) -> None:
     say("Traffic before any release: the app's own headers (note `server: app`)")
     traffic.curl()
     traffic.load()
-    v1 = release_v1(cluster)
+    release_v1(cluster)
     say("Traffic after the release: the filter runs in every sidecar")
     traffic.wait_serving("v1.1.0")
     traffic.curl()
-    v2 = update_to_v2(cluster, v1)
+    v2 = canary_to_v2(cluster, traffic)
     traffic.wait_serving("v1.2.0")
     traffic.curl()
     proxy_log(cluster, next(iter(traffic.sidecars())), "v1.2.0")
+    faulty_rolled_back(cluster, traffic)
+    traffic.wait_serving("v1.2.0")
     reject_oras_push(cluster, v2, traffic)
     refuse_bad_spec(cluster, v2)
     say("Istio's request metrics in Prometheus, by pod and response code")
@@ -337,20 +367,67 @@ def plugin_field(cluster: LocalCluster, path: str) -> str:
     ).stdout
 
 
-def update_to_v2(cluster: LocalCluster, v1: dict[str, Any]) -> dict[str, Any]:
-    say("Release v1.2.0 with a new frame_options: the WasmPlugin is updated in place")
-    uid = plugin_field(cluster, ".metadata.uid")
-    v2: dict[str, Any] = json.loads(json.dumps(v1))
-    v2["spec"]["module"]["url"] = v1["spec"]["module"]["url"].replace("v1.1.0", "v1.2.0")
-    v2["spec"]["pluginConfig"].update(frame_options="SAMEORIGIN", version="v1.2.0")
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
-    wait_ready(cluster, generation=2)
+def canary_to_v2(cluster: MeshCluster, traffic: Traffic) -> dict[str, Any]:
+    say(
+        "Release v1.2.0 with a canary (deploy/examples/security-headers-canary.yaml at demo "
+        "scale): a third of the pods, analysis, two thirds, pause, analysis, promotion"
+    )
+    v2 = canary_manifest(
+        cluster.registry.host, "v1.2.0", {"frame_options": "SAMEORIGIN", "version": "v1.2.0"}
+    )
+    print("  " + yaml.safe_dump(v2["spec"]["strategy"], sort_keys=False).replace("\n", "\n  "))
+    with Responses(cluster, NS) as responses:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
+        say("The rollout as it happens (steady traffic through every sidecar meanwhile)")
+        follow(cluster, NS, "security-headers", lambda s: promoted(s, "v1.2.0"))
+    traffic.add(responses.load.result)
+    say("What the traffic saw: every response carried exactly one version of the filter")
+    print(f"  {responses.summary()}")
     show(cluster, "get", "frel", "-n", NS)
-    after = plugin_field(cluster, ".metadata.uid")
-    verdict = "same object" if uid == after else "RECREATED"
-    print(f"  WasmPlugin uid before {uid}, after {after}: {verdict}")
-    print(f"  url now {plugin_field(cluster, '.spec.url')}")
+    show(cluster, "get", "wasmplugins", "-n", NS)
+    rollout_events(cluster, NS)
     return v2
+
+
+def promoted(status: dict[str, Any], version: str) -> bool:
+    stable = status.get("stable") or {}
+    return (
+        status.get("phase") == "Healthy"
+        and stable.get("pluginConfig", {}).get("version") == version
+    )
+
+
+def faulty_rolled_back(cluster: MeshCluster, traffic: Traffic) -> None:
+    say(
+        "Release v1.3.0, a build that passes its unit tests but panics under load "
+        "(filters/cmd/panicky): the canary catches it and rolls back on its own"
+    )
+    bad = canary_manifest(cluster.registry.host, "v1.3.0", {"panic_every": 5, "version": "v1.3.0"})
+    with Responses(cluster, NS) as responses:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(bad))
+        follow(cluster, NS, "security-headers", lambda s: s.get("phase") == "Degraded"
+               and not s.get("canaryPods"))  # fmt: skip
+    traffic.add(responses.load.result)
+    status = status_of(cluster, NS, "security-headers")
+    say("Why it was rolled back, and what users saw")
+    print(f"  status.rollout.aborted: {status['rollout']['aborted'][:300]}")
+    print(f"  {responses.summary()}")
+    print(
+        "  (the failed responses came from the canary third of the pods only, for the seconds "
+        "between v1.3.0 reaching them and the rollback)"
+    )
+    show(cluster, "get", "frel", "-n", NS)
+    history = status.get("history", [])
+    print("  status.history: " + "; ".join(f"{h['version']} {h['outcome']}" for h in history))
+    rollout_events(cluster, NS)
+    say("Back on v1.2.0 with the spec still asking for v1.3.0: Degraded until the spec changes")
+    print("  kubectl annotate frel security-headers -n shop filterrelease.dev/request=retry   "
+          "# would try v1.3.0 again")  # fmt: skip
+    v2 = canary_manifest(
+        cluster.registry.host, "v1.2.0", {"frame_options": "SAMEORIGIN", "version": "v1.2.0"}
+    )
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
+    follow(cluster, NS, "security-headers", lambda s: promoted(s, "v1.2.0"), timeout=60)
 
 
 def reject_oras_push(cluster: MeshCluster, v2: dict[str, Any], traffic: Traffic) -> None:
@@ -361,7 +438,7 @@ def reject_oras_push(cluster: MeshCluster, v2: dict[str, Any], traffic: Traffic)
 
     def rejected() -> bool:
         status = (release_json(cluster) or {}).get("status", {})
-        return bool(status.get("observedGeneration") == 3 and status.get("phase") == "Degraded")
+        return bool(status.get("observedGeneration") == 5 and status.get("phase") == "Degraded")
 
     cluster.wait_for(rejected, timeout=60, what="pre-flight to reject v1.3.0")
     show(cluster, "get", "frel", "-n", NS)
@@ -373,7 +450,7 @@ def reject_oras_push(cluster: MeshCluster, v2: dict[str, Any], traffic: Traffic)
     traffic.wait_serving("v1.2.0")
     say("Back to v1.2.0 (the spec as it was): Healthy again, nothing rewritten")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
-    wait_ready(cluster, generation=4)
+    wait_ready(cluster, generation=6)
 
 
 def refuse_bad_spec(cluster: LocalCluster, v2: dict[str, Any]) -> None:

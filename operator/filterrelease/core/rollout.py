@@ -308,8 +308,8 @@ def _tracks(status: FilterReleaseStatus, layout: Layout) -> FilterReleaseStatus:
     weight = round(100 * len(canary) / len(layout.pods)) if layout.pods and canary else None
     return status.model_copy(
         update={
-            "canary_pods": canary if layout.canary else (),
-            "stable_pods": stable,
+            "canary_pods": canary if layout.canary else None,
+            "stable_pods": stable if layout.pods else None,
             "canary_weight": weight if layout.canary else None,
             "split": layout.split or None,
         }

@@ -101,8 +101,9 @@ class FilterReleaseStatus(_Model):
     # admission webhook labels new pods stable while it is.
     split: bool | None = None
     rollout: RolloutStatus | None = None
-    canary_pods: tuple[str, ...] = ()
-    stable_pods: tuple[str, ...] = ()
+    # Named only while pods matter (a canary strategy or a split); None keeps the status short.
+    canary_pods: tuple[str, ...] | None = None
+    stable_pods: tuple[str, ...] | None = None
     history: tuple[HistoryEntry, ...] = ()
     # The last pre-flight resolution: a tag stays pinned to this digest until the spec changes.
     module: VerifiedModule | None = None

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from localcluster.install import install_filterrelease
+from localcluster.install import OPERATOR_NAMESPACE, install_filterrelease
 from localcluster.mesh import MeshCluster
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
@@ -51,6 +51,7 @@ def mesh(
         env = {
             "FILTERRELEASE_PROMETHEUS_URL": cluster.mesh.prometheus.url,
             "FILTERRELEASE_PROMETHEUS_SCRAPE_SECONDS": "1",
+            "FILTERRELEASE_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
         }
         operator = OperatorProcess(
             kubeconfig, workdir / "operator.log", resync_seconds=5, extra_env=env
@@ -379,3 +380,43 @@ def test_the_operator_killed_at_every_step_boundary_resumes_without_repeating_a_
     assert len(passed) >= len(steps) - kills
     bad = [s for s in samples if s[2] != 200 or len(versions_of(s[3])) != 1]
     assert not bad, bad[:10]
+
+
+def test_pods_scaled_up_mid_rollout_get_exactly_one_version(mesh: Mesh) -> None:
+    install_v1(mesh)
+    track = f"track.filterrelease.dev/{RELEASE}"
+    with Traffic(mesh) as traffic:
+        t0 = time.monotonic()
+        release(mesh, "security-headers", {"version": "v2"},
+                steps=[{"setWeight": 50}, {"pause": {}}])  # fmt: skip
+        wait_phase(mesh, "Paused")
+        mesh.cluster.kubectl("scale", "deployment/web", "-n", NS, "--replicas=6")
+        poll(lambda: len(serving(mesh.cluster)) == 6 or None, timeout=120,
+             what="6 sidecars serving")  # fmt: skip
+        # The new pods were labelled stable at admission; the operator keeps the weight (50% of
+        # 6 pods is 3 canary pods).
+        held = poll(lambda: (len(status(mesh).get("canaryPods", [])) == 3 and status(mesh)) or None,
+                    timeout=60, what="3 of 6 pods on the canary")  # fmt: skip
+        labels = json.loads(
+            mesh.cluster.kubectl("get", "pods", "-n", NS, "-l", "app=web", "-o", "json").stdout
+        )
+        tracks = sorted(p["metadata"]["labels"].get(track, "") for p in labels["items"])
+        assert tracks == ["canary"] * 3 + ["stable"] * 3, tracks
+        assert held["phase"] == "Paused"
+        mesh.cluster.kubectl(
+            "annotate", "frel", RELEASE, "-n", NS, "filterrelease.dev/request=promote-full"
+        )
+        poll(lambda: ((status(mesh).get("stable") or {}).get("pluginConfig") == {"version": "v2"}
+             and status(mesh).get("phase") == "Healthy") or None, timeout=120,
+             what="v2 promoted on request")  # fmt: skip
+        annotations = json.loads(
+            mesh.cluster.kubectl("get", "frel", RELEASE, "-n", NS, "-o", "json").stdout
+        )["metadata"].get("annotations", {})
+        assert "filterrelease.dev/request" not in annotations  # consumed
+        samples = traffic.since(t0)
+    bad = [s for s in samples if s[2] != 200 or len(versions_of(s[3])) != 1]
+    assert not bad, bad[:10]
+    assert len({s[1] for s in samples}) == 6  # the new pods served traffic too
+    mesh.cluster.kubectl("scale", "deployment/web", "-n", NS, f"--replicas={PODS}")
+    poll(lambda: len(serving(mesh.cluster)) == PODS or None, timeout=120,
+         what=f"back to {PODS} sidecars")  # fmt: skip

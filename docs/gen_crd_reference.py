@@ -14,6 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "filterreleases.filterrelease.dev.yaml"
+TEMPLATE_CRD = ROOT / "crds" / "analysistemplates.filterrelease.dev.yaml"
 OUT = ROOT / "docs" / "crd-reference.md"
 
 
@@ -81,6 +82,23 @@ def render() -> str:
             "| --- | --- | --- | --- | --- |",
             *_rows(node, part, set(node.get("required", []))),
         ]
+    template = yaml.safe_load(TEMPLATE_CRD.read_text())
+    t_version = template["spec"]["versions"][0]
+    t_root = t_version["schema"]["openAPIV3Schema"]
+    t_names = template["spec"]["names"]
+    t_spec = t_root["properties"]["spec"]
+    lines += [
+        "",
+        "# AnalysisTemplate reference",
+        "",
+        f"`{template['spec']['group']}/{t_version['name']}`, kind `{t_names['kind']}`, "
+        f"namespaced, short name `{t_names['shortNames'][0]}`. "
+        f"{' '.join(t_root['description'].split())}",
+        "",
+        "| field | type | required | description | constraints |",
+        "| --- | --- | --- | --- | --- |",
+        *_rows(t_spec, "spec", set(t_spec.get("required", []))),
+    ]
     return "\n".join(lines) + "\n"
 
 

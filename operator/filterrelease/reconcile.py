@@ -47,7 +47,13 @@ from filterrelease.core.rollout import (
     decide,
     needs,
 )
-from filterrelease.core.spec import FilterReleaseSpec, parse_spec
+from filterrelease.core.spec import (
+    FilterReleaseSpec,
+    TemplateMetrics,
+    expand_templates,
+    parse_spec,
+    referenced_templates,
+)
 from filterrelease.core.status import FilterReleaseStatus, merge_patch
 from filterrelease.core.tracks import CANARY, track_label
 from filterrelease.core.webhooks import Event, GateResult, HookType, Subject
@@ -185,6 +191,8 @@ class Reconciler:
         )
         live = {n: p for n, p in zip(names, found, strict=True) if p is not None}
         spec = parse_spec(body.get("spec"))
+        if isinstance(spec, FilterReleaseSpec) and (refs := referenced_templates(spec)):
+            spec = expand_templates(spec, await self._templates(release.namespace, refs))
         status = _status(body.get("status"))
         module = None
         pods: dict[str, dict[str, str]] = {}
@@ -208,6 +216,24 @@ class Reconciler:
             pods=pods,
             request=(meta.get("annotations") or {}).get(REQUEST_ANNOTATION),
         )
+
+    async def _templates(
+        self, namespace: str, names: tuple[str, ...]
+    ) -> dict[str, TemplateMetrics]:
+        """Each named AnalysisTemplate's metrics, or why it cannot be used. Read at every
+        reconcile: a template changed mid-rollout applies from the next measurement."""
+        found: dict[str, TemplateMetrics] = {}
+        for name in names:
+            body = await self._kube.get_analysis_template(namespace, name)
+            if body is None:
+                found[name] = f"AnalysisTemplate {name!r} not found in namespace {namespace}"
+                continue
+            try:
+                raw = (body.get("spec") or {}).get("metrics") or []
+                found[name] = tuple(Metric.model_validate(m) for m in raw)
+            except ValidationError as err:
+                found[name] = f"AnalysisTemplate {name!r} is unusable: {err.errors()[0]['msg']}"
+        return found
 
     async def _answer(self, obs: Observation, need: Needs) -> Observation:
         """Ask the gates and take the measurements decide() needs, concurrently."""

@@ -237,9 +237,18 @@ def test_a_good_version_is_promoted_step_by_step_and_every_response_has_one_vers
     mesh: Mesh,
 ) -> None:
     install_v1(mesh)
+    # The first analysis step's metrics come from an AnalysisTemplate, the second's are inline.
+    template = {
+        "apiVersion": "filterrelease.dev/v1alpha1",
+        "kind": "AnalysisTemplate",
+        "metadata": {"name": "istio-slo", "namespace": NS},
+        "spec": ANALYSIS,
+    }
+    mesh.cluster.kubectl("apply", "-f", "-", input=json.dumps(template))
+    steps = [STEPS[0], {"analysis": {"templates": [{"name": "istio-slo"}]}}, *STEPS[2:]]
     with Traffic(mesh) as traffic:
         t0 = time.monotonic()
-        release(mesh, "security-headers", {"version": "v2"})
+        release(mesh, "security-headers", {"version": "v2"}, steps=steps)
 
         def promoted() -> bool:
             current = status(mesh)

@@ -84,3 +84,14 @@ def test_nested_status_objects_match_their_models() -> None:
         assert set(status[key]["properties"]) == _model_fields(ModuleVersion), key
     assert set(status["module"]["properties"]) == _model_fields(VerifiedModule)
     assert set(status["conditions"]["items"]["properties"]) == _model_fields(Condition)
+
+
+def test_analysis_template_metrics_have_the_inline_metric_schema() -> None:
+    template = yaml.safe_load((CRD.parent / "analysistemplates.filterrelease.dev.yaml").read_text())
+    t_metrics = template["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["metrics"]
+    inline = schema()["properties"]["spec"]["properties"]["strategy"]["properties"]["canary"][
+        "properties"
+    ]["analysis"]["properties"]["metrics"]
+    assert t_metrics["items"] == inline["items"]

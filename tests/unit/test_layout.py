@@ -169,11 +169,15 @@ def test_no_pod_is_ever_under_none_or_two_plugins(
             assert unsafe_pods(layout) == []
     # Once nothing more happens, the plan converges on the target.
     assert plan(layout, target) == []
-    assert layout.stable is not None and layout.stable.content == target.stable
+    assert layout.stable is not None
+    assert layout.stable.content == target.stable
     on_canary = [p for p, v in layout.pods.items() if v == CANARY]
     if target.canary is None:
-        assert layout.canary is None and not layout.stable.narrowed and not layout.split
+        assert layout.canary is None
+        assert not layout.stable.narrowed
+        assert not layout.split
         assert all(v is None for v in layout.pods.values())
     else:
-        assert layout.canary is not None and layout.canary.content == target.canary
+        assert layout.canary is not None
+        assert layout.canary.content == target.canary
         assert len(on_canary) == min(target.canary_pods, len(layout.pods))

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-from filterrelease.core.spec import FilterReleaseSpec, SpecError, parse_spec
+from filterrelease.core.analysis import Metric
+from filterrelease.core.spec import (
+    FilterReleaseSpec,
+    SpecError,
+    expand_templates,
+    parse_spec,
+    referenced_templates,
+)
 from tests.unit.conftest import EXAMPLES
 
 
@@ -63,14 +70,6 @@ BAD = [
     ({"phase": "LATE"}, "spec.phase: Input should be 'UNSPECIFIED_PHASE', 'AUTHN'"),
     ({"surprise": 1}, "spec.surprise: Extra inputs are not permitted"),
     (
-        {
-            "strategy": {
-                "canary": {"steps": [{"setWeight": 10}], "analysis": {"templates": [{"name": "x"}]}}
-            }
-        },
-        "analysis templates are not implemented yet",
-    ),
-    (
         {"strategy": {"canary": {"steps": [{"setWeight": 10, "pause": {}}]}}},
         "exactly one of setWeight, pause, analysis",
     ),
@@ -96,3 +95,72 @@ def test_missing_spec_is_an_error_not_a_crash() -> None:
     result = parse_spec(None)
     assert isinstance(result, SpecError)
     assert "spec" in result.message
+
+
+def _canary_spec(security_headers: dict[str, Any], canary: dict[str, Any]) -> FilterReleaseSpec:
+    spec = parse_spec({**security_headers["spec"], "strategy": {"canary": canary}})
+    assert isinstance(spec, FilterReleaseSpec), spec
+    return spec
+
+
+SUCCESS = {"name": "success", "count": 2, "interval": "10s",
+           "provider": {"istio": {"successRate": {"minPercent": 99}}}}  # fmt: skip
+LOGS = {"name": "logs", "interval": "10s", "provider": {"proxyLogs": {"patterns": ["panic"]}}}
+
+
+def test_templates_expand_into_inline_metrics_template_first(
+    security_headers: dict[str, Any],
+) -> None:
+    spec = _canary_spec(
+        security_headers,
+        {
+            "steps": [{"setWeight": 10}, {"analysis": {"templates": [{"name": "slo"}]}}],
+            "analysis": {"templates": [{"name": "logs"}], "metrics": [SUCCESS]},
+        },
+    )
+    assert referenced_templates(spec) == ("slo", "logs")
+    slo = (Metric.model_validate(SUCCESS),)
+    logs = (Metric.model_validate(LOGS),)
+    expanded = expand_templates(spec, {"slo": slo, "logs": logs})
+    assert isinstance(expanded, FilterReleaseSpec)
+    assert expanded.canary is not None
+    step = expanded.canary.steps[1].analysis
+    assert step is not None
+    assert [m.name for m in step.metrics] == ["success"]
+    assert not step.templates
+    background = expanded.canary.analysis
+    assert background is not None
+    assert [m.name for m in background.metrics] == ["logs", "success"]
+
+
+@pytest.mark.parametrize(
+    ("found", "message"),
+    [
+        ({}, "AnalysisTemplate 'slo' was not looked up"),
+        ({"slo": "AnalysisTemplate 'slo' not found in namespace shop"}, "not found in namespace"),
+        ({"slo": ()}, "needs at least one metric with a count"),
+    ],
+)
+def test_a_template_that_cannot_be_used_makes_the_spec_unusable(
+    security_headers: dict[str, Any], found: dict[str, Any], message: str
+) -> None:
+    spec = _canary_spec(
+        security_headers,
+        {"steps": [{"analysis": {"templates": [{"name": "slo"}], "metrics": [LOGS]}}]},
+    )
+    result = expand_templates(spec, found)
+    assert isinstance(result, SpecError)
+    assert message in result.message
+    assert "steps[0].analysis" in result.message
+
+
+def test_a_metric_name_in_a_template_and_inline_is_refused(
+    security_headers: dict[str, Any],
+) -> None:
+    spec = _canary_spec(
+        security_headers,
+        {"steps": [{"analysis": {"templates": [{"name": "slo"}], "metrics": [SUCCESS]}}]},
+    )
+    result = expand_templates(spec, {"slo": (Metric.model_validate(SUCCESS),)})
+    assert isinstance(result, SpecError)
+    assert "success used more than once" in result.message

@@ -8,13 +8,14 @@ nothing in a spec is ever silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from filterrelease.core.analysis import AnalysisSpec, step_analysis_problem
+from filterrelease.core.analysis import AnalysisSpec, Metric, step_analysis_problem
 from filterrelease.core.duration import parse_duration
 from filterrelease.core.tracks import TRACK_PREFIX, is_reserved
 from filterrelease.core.webhooks import Webhooks
@@ -199,14 +200,6 @@ class SpecError(BaseModel):
         return "; ".join(self.problems)
 
 
-# Parts of the API that this operator version does not implement yet. The CRD rejects them too;
-# this check keeps an operator running against a looser CRD from ignoring them.
-NOT_IMPLEMENTED_TEMPLATES = (
-    "analysis templates are not implemented yet by this version of filterrelease: "
-    "define the metrics inline in analysis.metrics"
-)
-
-
 def _location(loc: tuple[int | str, ...]) -> str:
     path = "spec"
     for part in loc:
@@ -229,10 +222,75 @@ def parse_spec(raw: object) -> FilterReleaseSpec | SpecError:
         return SpecError(problems=tuple(problems))
     canary = spec.canary
     if canary is not None:
-        analyses = [s.analysis for s in canary.steps if s.analysis] + [canary.analysis]
-        if any(a is not None and a.templates for a in analyses):
-            return SpecError(problems=(NOT_IMPLEMENTED_TEMPLATES,))
         for i, step in enumerate(canary.steps):
-            if step.analysis and (problem := step_analysis_problem(step.analysis.metrics)):
+            # With templates, the check waits for their metrics (expand_templates).
+            analysis = step.analysis
+            if (
+                analysis
+                and not analysis.templates
+                and (problem := step_analysis_problem(analysis.metrics))
+            ):
                 return SpecError(problems=(f"spec.strategy.canary.steps[{i}].analysis: {problem}",))
     return spec
+
+
+def referenced_templates(spec: FilterReleaseSpec) -> tuple[str, ...]:
+    """The AnalysisTemplates a spec's canary analyses name, in order, once each."""
+    canary = spec.canary
+    if canary is None:
+        return ()
+    analyses = [s.analysis for s in canary.steps] + [canary.analysis]
+    names = [t.name for a in analyses if a is not None for t in a.templates]
+    return tuple(dict.fromkeys(names))
+
+
+# A template's metrics, or why it cannot be used (not found, unreadable).
+TemplateMetrics = tuple[Metric, ...] | str
+
+
+def expand_templates(
+    spec: FilterReleaseSpec, templates: Mapping[str, TemplateMetrics]
+) -> FilterReleaseSpec | SpecError:
+    """The spec with every analysis' templates replaced by their metrics (template metrics
+    first, in the order named, then the inline ones), so the rest of the operator sees inline
+    metrics only. A template that is missing or unreadable, or a metric name used twice, makes
+    the spec unusable as a whole: no analysis runs with part of its metrics."""
+    canary = spec.canary
+    if canary is None:
+        return spec
+    problems: list[str] = []
+
+    def expand(where: str, analysis: Analysis | None) -> Analysis | None:
+        if analysis is None or not analysis.templates:
+            return analysis
+        metrics: list[Metric] = []
+        for ref in analysis.templates:
+            found = templates.get(ref.name, f"AnalysisTemplate {ref.name!r} was not looked up")
+            if isinstance(found, str):
+                problems.append(f"{where}.templates: {found}")
+                continue
+            metrics.extend(found)
+        metrics.extend(analysis.metrics)
+        names = [m.name for m in metrics]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            problems.append(
+                f"{where}: metric name(s) {', '.join(twice)} used more than once "
+                "across its templates and inline metrics"
+            )
+            return analysis
+        return Analysis(metrics=tuple(metrics))
+
+    steps = []
+    for i, step in enumerate(canary.steps):
+        where = f"spec.strategy.canary.steps[{i}].analysis"
+        expanded = expand(where, step.analysis)
+        if expanded is not None and (problem := step_analysis_problem(expanded.metrics)):
+            problems.append(f"{where}: {problem}")
+        steps.append(step.model_copy(update={"analysis": expanded}))
+    background = expand("spec.strategy.canary.analysis", canary.analysis)
+    if problems:
+        return SpecError(problems=tuple(problems))
+    new_canary = canary.model_copy(update={"steps": tuple(steps), "analysis": background})
+    strategy = Strategy(canary=new_canary)
+    return spec.model_copy(update={"strategy": strategy})

@@ -21,6 +21,7 @@ from filterrelease.core.render import API_VERSION, GROUP, KIND
 
 RELEASE_VERSION = "v1alpha1"
 RELEASE_PLURAL = "filterreleases"
+TEMPLATE_PLURAL = "analysistemplates"
 ISTIO_GROUP = "extensions.istio.io"
 ISTIO_VERSION = "v1alpha1"
 WASMPLUGIN_PLURAL = "wasmplugins"
@@ -128,6 +129,18 @@ class KubeApi:
             GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name, {"status": status},
             _content_type="application/merge-patch+json",
         )  # fmt: skip
+
+    async def get_analysis_template(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body: dict[str, Any] = await self._call(
+                self._custom.get_namespaced_custom_object,
+                GROUP, RELEASE_VERSION, namespace, TEMPLATE_PLURAL, name,
+            )  # fmt: skip
+        except KubeError as err:
+            if err.not_found:
+                return None
+            raise
+        return body
 
     # WasmPlugins
 

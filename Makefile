@@ -96,6 +96,7 @@ fmt: deps
 bench: deps testbed filters
 	PYTHONPATH=testbed $(RUN) python bench/release_latency.py
 	PYTHONPATH=testbed $(RUN) python bench/mesh_scale.py
+	PYTHONPATH=testbed:. $(RUN) python bench/canary_rollback.py $(CANARY_BENCH_ARGS)
 
 # Publish a filter build the way Istio can fetch it, without docker:
 #   make publish FILTER=security-headers REGISTRY=127.0.0.1:5000 TAG=v1.1.0 [LAYOUT=oci-wasm]

@@ -56,7 +56,7 @@ def operator(
     with proc:
         yield proc
         if request.session.testsfailed:
-            print(f"\n--- operator log ({proc.log_path}) ---\n{proc.log_tail(80)}")
+            print(f"\n--- operator log ({proc.log_path}) ---\n{proc.log_tail(200)}")
 
 
 _counter = itertools.count()

@@ -201,8 +201,14 @@ class Traffic:
 
 
 def events(mesh: Mesh, reason: str) -> list[str]:
+    """The messages of the current release object's Events of one reason (a release deleted
+    and recreated under the same name has a new uid, and its old Events stay around)."""
+    uid = json.loads(mesh.cluster.kubectl("get", "frel", RELEASE, "-n", NS, "-o", "json").stdout)[
+        "metadata"
+    ]["uid"]
     out = mesh.cluster.kubectl(
-        "get", "events", "-n", NS, "--field-selector", f"reason={reason}",
+        "get", "events", "-n", NS,
+        "--field-selector", f"reason={reason},involvedObject.uid={uid}",
         "-o", "jsonpath={range .items[*]}{.message}{'\\n'}{end}",
     )  # fmt: skip
     return [line for line in out.stdout.splitlines() if line]
@@ -306,7 +312,17 @@ def test_a_faulty_version_is_rolled_back_to_the_last_good_one(
     with Traffic(mesh) as traffic:
         t0 = time.monotonic()
         release(mesh, module, config)
-        final = wait_phase(mesh, "Degraded", timeout=180)
+        final = poll(
+            lambda: (
+                (s := status(mesh)).get("phase") == "Degraded"
+                and (s.get("history") or [{}])[0].get("outcome") == "RolledBack"
+                and s
+                or None
+            ),
+            timeout=180,
+            what="rolled back",
+            on_timeout=lambda: brief(mesh),
+        )
         poll(lambda: all(versions_of(s[3]) == ["v1"] for s in traffic.since(time.monotonic() - 1))
              or None, timeout=30, what="every response back on v1")  # fmt: skip
         samples = traffic.since(t0)

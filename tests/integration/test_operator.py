@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -57,7 +58,11 @@ def wait_ready(cluster: LocalCluster, namespace: str, name: str, generation: int
             c and c["status"] == "True" and body["status"].get("observedGeneration") == generation
         )
 
-    cluster.wait_for(ready, timeout=TIMEOUT, what=f"FilterRelease {namespace}/{name} Ready")
+    try:
+        cluster.wait_for(ready, timeout=TIMEOUT, what=f"FilterRelease {namespace}/{name} Ready")
+    except TimeoutError as err:
+        status = (release(cluster, namespace, name) or {}).get("status", {})
+        raise TimeoutError(f"{err}; status: {json.dumps(status)[:2000]}") from None
     return release(cluster, namespace, name)
 
 

@@ -95,3 +95,12 @@ def test_analysis_template_metrics_have_the_inline_metric_schema() -> None:
         "properties"
     ]["analysis"]["properties"]["metrics"]
     assert t_metrics["items"] == inline["items"]
+
+
+def test_no_category_shadows_a_resource_name() -> None:
+    # `kubectl get filterrelease x` breaks if "filterrelease" is also a category of two kinds.
+    crds = [yaml.safe_load(p.read_text()) for p in sorted(CRD.parent.glob("*.yaml"))]
+    names = [c["spec"]["names"] for c in crds if c.get("kind") == "CustomResourceDefinition"]
+    singulars = {n["singular"] for n in names} | {n["plural"] for n in names}
+    for n in names:
+        assert not set(n.get("categories", [])) & (singulars - {n["singular"], n["plural"]})

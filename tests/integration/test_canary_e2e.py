@@ -314,9 +314,11 @@ def test_a_faulty_version_is_rolled_back_to_the_last_good_one(
         release(mesh, module, config)
         final = poll(
             lambda: (
-                (s := status(mesh)).get("phase") == "Degraded"
-                and (s.get("history") or [{}])[0].get("outcome") == "RolledBack"
-                and s
+                (
+                    (s := status(mesh)).get("phase") == "Degraded"
+                    and (s.get("history") or [{}])[0].get("outcome") == "RolledBack"
+                    and s
+                )
                 or None
             ),
             timeout=180,

@@ -126,9 +126,16 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str]] = [
         "a canary strategy needs spec.selector",
     ),
     (
-        "canary not implemented",
-        _spec(strategy=CANARY),
-        "spec.strategy.canary is not implemented yet by this version of filterrelease",
+        "unsupported webhook type",
+        _spec(
+            strategy={
+                "canary": {
+                    "steps": [{"setWeight": 10}],
+                    "webhooks": [{"name": "a", "type": "rollout", "url": "http://hooks.test/"}],
+                }
+            }
+        ),
+        'Unsupported value: "rollout"',
     ),
     (
         "step with two actions",

@@ -44,6 +44,7 @@ from meshtraffic.podlogs import CONTAINER
 
 NS = "shop"
 EXAMPLE = REPO / "deploy" / "examples" / "security-headers.yaml"
+TEMPLATE_EXAMPLE = REPO / "deploy" / "examples" / "templates" / "istio-slo.yaml"
 REPLICAS = 3
 VERSION_HEADER = "x-filter-version"
 
@@ -391,6 +392,8 @@ def canary_to_v2(cluster: MeshCluster, traffic: Traffic) -> dict[str, Any]:
         cluster.registry.host, "v1.2.0", {"frame_options": "SAMEORIGIN", "version": "v1.2.0"}
     )
     print("  " + yaml.safe_dump(v2["spec"]["strategy"], sort_keys=False).replace("\n", "\n  "))
+    print(f"  with the AnalysisTemplate it names: {TEMPLATE_EXAMPLE.relative_to(REPO)}")
+    cluster.kubectl("apply", "-f", str(TEMPLATE_EXAMPLE))
     with Responses(cluster, NS) as responses:
         cluster.kubectl("apply", "-f", "-", input=json.dumps(v2))
         say("The rollout as it happens (steady traffic through every sidecar meanwhile)")

@@ -262,6 +262,11 @@ def test_every_example_is_accepted_by_the_api_server(
         result = apply_json(istio_cluster, body)
         assert result.returncode == 0, (path.name, result.stderr)
         assert release(istio_cluster, namespace, body["metadata"]["name"]) is not None
+    for path in sorted((ROOT / "deploy" / "examples" / "templates").glob("*.yaml")):
+        body = yaml.safe_load(path.read_text())
+        body["metadata"]["namespace"] = namespace
+        result = apply_json(istio_cluster, body)
+        assert result.returncode == 0, (path.name, result.stderr)
 
 
 def test_operator_permissions_are_least_privilege(istio_cluster: LocalCluster) -> None:

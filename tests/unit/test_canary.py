@@ -454,3 +454,36 @@ def test_every_pod_has_exactly_one_version_through_any_rollout(
     stable = world.status.stable
     if world.status.phase == Phase.DEGRADED and stable is not None and stable.version == "v1":
         assert world.plugins == {NAME: good}
+
+
+def test_waves_roll_out_one_workload_at_a_time() -> None:
+    world = World(pods=0)
+    for i in range(4):
+        world.pods[f"a-{i}"] = {"app": "web", "workload": "a"}
+    for i in range(2):
+        world.pods[f"b-{i}"] = {"app": "web", "workload": "b"}
+    run_until(world, Phase.HEALTHY)
+    world.release(
+        "v2",
+        steps=[{"setWeight": 50}, {"pause": {"duration": "5s"}}],
+        waves={"byLabel": "workload"},
+    )
+    seen: list[tuple[str | None, frozenset[str]]] = []
+    for _ in range(100):
+        world.tick()
+        on_v2 = frozenset(p for p, vs in world.versions().items() if vs == ["v2"])
+        if not seen or seen[-1][1] != on_v2:
+            seen.append((world.status.current_step, on_v2))
+        if world.status.phase == Phase.HEALTHY:
+            break
+    shares = [pods for _, pods in seen]
+    # Wave a first (half of its pods), then all of a and half of b, then everything.
+    assert frozenset({"a-0", "a-1"}) in shares
+    assert frozenset({"a-0", "a-1", "a-2", "a-3", "b-0"}) in shares
+    assert all(
+        not (p & {"b-0", "b-1"}) for p in shares[: shares.index(frozenset({"a-0", "a-1"})) + 1]
+    )
+    assert world.reasons().count("WaveStarted") == 1
+    assert world.status.stable is not None
+    assert world.status.stable.version == "v2"
+    assert any("(wave 2/2)" in (step or "") for step, _ in seen)

@@ -117,8 +117,12 @@ def safe_layouts(draw: st.DrawFn) -> Layout:
 @st.composite
 def targets(draw: st.DrawFn) -> Target:
     canary = draw(st.one_of(st.none(), CONTENTS))
+    order = draw(st.one_of(st.none(), st.permutations(POD_NAMES).map(tuple)))
     return Target(
-        stable=draw(CONTENTS), canary=canary, canary_pods=draw(st.integers(0, 8)) if canary else 0
+        stable=draw(CONTENTS),
+        canary=canary,
+        canary_pods=draw(st.integers(0, 8)) if canary else 0,
+        canary_order=order if canary else None,
     )
 
 
@@ -180,4 +184,8 @@ def test_no_pod_is_ever_under_none_or_two_plugins(
     else:
         assert layout.canary is not None
         assert layout.canary.content == target.canary
-        assert len(on_canary) == min(target.canary_pods, len(layout.pods))
+        if target.canary_order is None:
+            assert len(on_canary) == min(target.canary_pods, len(layout.pods))
+        else:
+            order = [p for p in target.canary_order if p in layout.pods]
+            assert sorted(on_canary) == sorted(order[: target.canary_pods])

@@ -78,9 +78,37 @@ def step_name(step: Step) -> str:
 
 def step_label(rollout: RolloutStatus, canary: Canary) -> str:
     total = len(canary.steps)
-    if rollout.step >= total:
-        return f"{total}/{total}"
-    return f"{rollout.step + 1}/{total}"
+    label = f"{min(rollout.step + 1, total)}/{total}"
+    if canary.waves is not None and rollout.waves:
+        label += f" (wave {rollout.wave + 1}/{len(rollout.waves)})"
+    return label
+
+
+def wave_values(canary: Canary, pods: Mapping[str, Mapping[str, str]]) -> tuple[str, ...] | None:
+    """The waves of a rollout: the values of the waves label among the selected pods, in
+    order (pods without the label make the last wave, value "")."""
+    if canary.waves is None:
+        return None
+    key = canary.waves.by_label
+    values = {labels.get(key, "") for labels in pods.values()}
+    return tuple(sorted(values, key=lambda v: (v == "", v)))
+
+
+def wave_target(
+    rollout: RolloutStatus, canary: Canary, pods: Mapping[str, Mapping[str, str]]
+) -> tuple[tuple[str, ...], int] | None:
+    """With waves: the order in which pods join the canary (the waves done, then the current
+    one) and how many of them are on it now. A value that appeared after the rollout started
+    is in no wave: its pods stay stable until the promotion."""
+    if canary.waves is None or rollout.waves is None:
+        return None
+    key = canary.waves.by_label
+    done = set(rollout.waves[: rollout.wave])
+    current = rollout.waves[rollout.wave] if rollout.wave < len(rollout.waves) else None
+    finished = [p for p in sorted(pods) if pods[p].get(key, "") in done]
+    running = [p for p in sorted(pods) if current is not None and pods[p].get(key, "") == current]
+    count = len(finished) + canary_pod_count(rollout.weight, len(running))
+    return (*finished, *running), count
 
 
 def canary_pod_count(weight: int, pods: int) -> int:
@@ -162,7 +190,7 @@ def needs(
     if converged and rollout.paused is None:
         if step is None:
             gate = HookType.CONFIRM_PROMOTION
-        elif step.set_weight is not None and rollout.weight == 0:
+        elif step.set_weight is not None and rollout.weight == 0 and rollout.wave == 0:
             gate = HookType.PRE_ROLLOUT
     step_metrics: tuple[Metric, ...] = ()
     if measuring and step is not None and step.analysis is not None and rollout.paused is None:
@@ -268,6 +296,27 @@ def _judge_step(
     """The current step, on a converged layout that is not paused."""
     step = current_step(r, canary)
     if step is None:
+        if r.waves is not None and r.wave + 1 < len(r.waves):
+            # This wave passed every step: it stays on the canary, and the steps start again
+            # on the next one.
+            nxt = r.model_copy(
+                update={
+                    "wave": r.wave + 1,
+                    "step": 0,
+                    "weight": 0,
+                    "step_started_at": timestamp(now),
+                    "analysis": (),
+                    "gate": None,
+                }
+            )
+            key = canary.waves.by_label if canary.waves else ""
+            event = (
+                "Normal",
+                "WaveStarted",
+                f"wave {r.wave + 2}/{len(r.waves)} "
+                f"({key}={r.waves[r.wave + 1] or '(none)'}): the steps start again",
+            )
+            return Outcome(rollout=nxt, events=(event,), requeue_after=0.2)
         if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
             return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
         promoting = r.model_copy(update={"promoting": True, "gate": None})
@@ -276,7 +325,7 @@ def _judge_step(
 
     label = step_label(r, canary)
     if step.set_weight is not None:
-        if r.weight == 0 and (closed := _gate_closed(gates, HookType.PRE_ROLLOUT)):
+        if r.weight == 0 and r.wave == 0 and (closed := _gate_closed(gates, HookType.PRE_ROLLOUT)):
             return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
         if r.weight != step.set_weight:
             # Record the weight first; the layout planner moves the pods in this decision and

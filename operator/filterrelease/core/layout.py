@@ -54,6 +54,10 @@ class Target(BaseModel):
     stable: str  # content hash for the stable plugin
     canary: str | None = None  # content hash for the canary plugin; None: steady, no split
     canary_pods: int = 0  # how many pods should be on the canary track
+    # Waves: the pods that may be on the canary, in the order they join it (the pods of the
+    # waves already done first). The canary is then exactly the first `canary_pods` of them
+    # that exist. None: any pod, and the pods already on the canary stay there.
+    canary_order: tuple[str, ...] | None = None
 
 
 class StepKind(StrEnum):
@@ -174,6 +178,11 @@ def _plan_split(layout: Layout, target: Target) -> list[Step]:
         steps.append(Step(kind=StepKind.APPLY_STABLE, content=stable.content, narrowed=True))
     on_canary = sorted(p for p, v in layout.pods.items() if v == CANARY)
     on_stable = sorted(p for p, v in layout.pods.items() if v != CANARY)
+    if target.canary_order is not None:
+        order = [p for p in target.canary_order if p in layout.pods]
+        chosen = set(order[: target.canary_pods])
+        steps += _label([p for p in on_stable if p in chosen], CANARY)
+        return steps + _label([p for p in on_canary if p not in chosen], STABLE)
     want = min(target.canary_pods, len(layout.pods))
     if len(on_canary) < want:
         steps += _label(on_stable[: want - len(on_canary)], CANARY)

@@ -465,7 +465,7 @@ def needs(obs: Observation) -> steps.Needs:
         return steps.Needs()
     rollout = _current_rollout(obs, desired)
     layout = observed_layout(obs)
-    target = _split_target(rollout, stable, desired, layout)
+    target = _split_target(obs, rollout, stable, desired)
     canary_pods = sum(1 for v in layout.pods.values() if v == CANARY)
     return steps.needs(
         rollout, canary, converged=not plan(layout, target), canary_pods=canary_pods, now=obs.now
@@ -475,18 +475,32 @@ def needs(obs: Observation) -> steps.Needs:
 def _current_rollout(obs: Observation, desired: ModuleVersion) -> RolloutStatus:
     rollout = obs.status.rollout
     if rollout is None or rollout.revision != desired.config_hash:
-        return steps.start(desired.config_hash, obs.now)
+        rollout = steps.start(desired.config_hash, obs.now)
+    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
+    if canary is not None and canary.waves is not None and rollout.waves is None:
+        # The waves are fixed when the rollout starts, from the pods selected then.
+        rollout = rollout.model_copy(update={"waves": steps.wave_values(canary, obs.pods)})
     return rollout
 
 
 def _split_target(
-    rollout: RolloutStatus, stable: ModuleVersion, desired: ModuleVersion, layout: Layout
+    obs: Observation, rollout: RolloutStatus, stable: ModuleVersion, desired: ModuleVersion
 ) -> Target:
     if rollout.aborted:
         return Target(stable=stable.config_hash)
     if rollout.promoting:
         return Target(stable=desired.config_hash)
-    count = steps.canary_pod_count(rollout.weight, len(layout.pods))
+    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
+    waves = steps.wave_target(rollout, canary, obs.pods) if canary else None
+    if waves is not None:
+        order, count = waves
+        return Target(
+            stable=stable.config_hash,
+            canary=desired.config_hash,
+            canary_pods=count,
+            canary_order=order,
+        )
+    count = steps.canary_pod_count(rollout.weight, len(obs.pods))
     return Target(stable=stable.config_hash, canary=desired.config_hash, canary_pods=count)
 
 
@@ -499,7 +513,7 @@ def _progress(
 ) -> tuple[RolloutStatus, float | None, str | None, list[tuple[str, str, str]]]:
     """Judge a running rollout: (rollout, requeue after, metrics-unavailable message, events)."""
     layout = observed_layout(obs)
-    converged = not plan(layout, _split_target(rollout, stable, desired, layout))
+    converged = not plan(layout, _split_target(obs, rollout, stable, desired))
     deadline = (
         obs.spec.progress_deadline_seconds if isinstance(obs.spec, FilterReleaseSpec) else 600
     )
@@ -625,7 +639,8 @@ def _rollout(
     events: list[tuple[str, str, str]] = []
     requests: list[Action] = []
     rollout = _current_rollout(obs, desired)
-    if rollout is not obs.status.rollout:
+    previous = obs.status.rollout
+    if previous is None or previous.revision != desired.config_hash:
         events.append(
             (
                 "Normal",
@@ -647,7 +662,7 @@ def _rollout(
     # Plan against the judged rollout: a weight just raised moves pods, and a rollback starts,
     # in this same decision.
     layout = observed_layout(obs)
-    target = _split_target(rollout, stable, desired, layout)
+    target = _split_target(obs, rollout, stable, desired)
     versions = {stable.config_hash: stable, desired.config_hash: desired}
     layout_actions, after = _to_actions(obs, layout, target, versions)
     converged = not layout_actions

@@ -144,8 +144,17 @@ class MetricsOutage(_Model):
         return parse_duration(self.after).total_seconds()
 
 
+class Waves(_Model):
+    """Roll a selector that covers several workloads out one workload at a time: the pods are
+    grouped by the value of a label (e.g. `app`), and the steps run on each group in turn (in
+    the order of the values), the groups done staying on the new version."""
+
+    by_label: str = Field(min_length=1, max_length=316)
+
+
 class Canary(_Model):
     steps: tuple[Step, ...] = Field(min_length=1)
+    waves: Waves | None = None
     analysis: Analysis | None = None
     # Wasm fast-fail (failed module fetches, VM failures, a broken filter's log lines on the
     # canary pods) runs for the whole rollout unless turned off: it is what catches the failures

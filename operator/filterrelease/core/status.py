@@ -64,6 +64,8 @@ class RolloutStatus(_Model):
     revision: str  # config hash of the version being rolled out
     started_at: str
     step: int = 0  # index of the step being run; == number of steps: all done
+    wave: int = 0  # with waves: index of the wave the steps run on
+    waves: tuple[str, ...] | None = None  # with waves: the label values, in order
     step_started_at: str
     weight: int = 0  # share of the pods the last setWeight asked for
     canary_since: str | None = None  # when the canary pods last changed: analysis starts here

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -159,13 +159,12 @@ def bad(sample: Sample, variant: Variant) -> bool:
 
 def no_recent_wasm_failures(mesh: Mesh) -> None:
     """Wait until the Wasm fast-fail's own queries find no failed fetch or conversion on any
-    pod of the workload. Its counter window reaches back at least two scrapes before the
-    canary started, so the previous run's failed fetch on a pod that is canary again would fail
-    this run at once (an operator issue, not this variant's fault): runs are kept apart so that
-    each measures its own fault. Two scrapes and two seconds: a failure not scraped yet is then
-    at most a second old."""
+    pod of the workload in the last two scrapes and two seconds, so that each run starts from a
+    quiet data plane. (The fast-fail itself compares its counters with their values when the
+    canary started, so an earlier run's failure on the same pod no longer counts against it.)"""
     prometheus = mesh.cluster.mesh.prometheus
-    queries = wasm_queries(NS, serving(mesh.cluster), timedelta(seconds=2 * SCRAPE_S + 2))
+    since = datetime.now(UTC) - timedelta(seconds=2 * SCRAPE_S + 2)
+    queries = wasm_queries(NS, serving(mesh.cluster), since)
 
     def clean() -> bool:
         return all(

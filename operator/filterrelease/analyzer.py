@@ -77,7 +77,9 @@ class Analyzer:
 
         async def one(metric: Metric) -> MetricResult:
             previous = results.get(metric.name)
-            if not is_due(metric, previous, now, step_started):
+            if not is_due(metric, previous, now, step_started) or self._too_early(
+                metric, target, now
+            ):
                 return previous if previous is not None else MetricResult(name=metric.name)
             async with gate:
                 started = time.monotonic()
@@ -86,6 +88,13 @@ class Analyzer:
             return record(metric, previous, measurement(metric, reading, now, now + took))
 
         return tuple(await asyncio.gather(*(one(m) for m in metrics)))
+
+    def _too_early(self, metric: Metric, target: AnalysisTarget, now: datetime) -> bool:
+        """A traffic window is at least two scrapes long; until the canary pods have run the
+        canary version that long, it would reach back to the version before (on the same
+        pods) and judge the canary by its traffic. The Wasm guard is exempt: it compares its
+        counters with their values at `since` exactly."""
+        return not metric.is_wasm and now - target.since < 2 * self._scrape_interval
 
     async def measure(self, metric: Metric, target: AnalysisTarget, now: datetime) -> Reading:
         """One measurement of `metric`; never raises."""
@@ -117,8 +126,6 @@ class Analyzer:
                 prom, p.prometheus, target, now=now, interval=interval, scrape_interval=scrape
             )
         if p.wasm is not None:
-            return await measure_wasm(
-                prom, read_log, target, now=now, interval=interval, scrape_interval=scrape
-            )
+            return await measure_wasm(prom, read_log, target, now=now, interval=interval)
         assert p.proxy_logs is not None  # MetricProvider has exactly one
         return await measure_proxy_logs(read_log, p.proxy_logs, target, now=now, interval=interval)

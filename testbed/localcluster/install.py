@@ -49,9 +49,16 @@ def install_filterrelease(cluster: LocalCluster) -> Path:
     exactly the permissions deploy/operator/rbac.yaml grants, as it would in a pod.
     """
     cluster.kubectl("apply", "--server-side", "-k", str(REPO / "crds"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/filterreleases.filterrelease.dev",
+    # `kubectl wait` fails at once on a CRD that has no conditions yet: retry it until both are
+    # established.
+    cluster.wait_for(
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/filterreleases.filterrelease.dev", "crd/analysistemplates.filterrelease.dev",
+            check=False,
+        ).returncode == 0,
+        timeout=90,
+        what="the filterrelease.dev CRDs established",
     )  # fmt: skip
     cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator" / "namespace.yaml"))
     cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator" / "rbac.yaml"))

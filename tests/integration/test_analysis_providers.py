@@ -382,7 +382,6 @@ def wasm(prom: Prometheus, t: AnalysisTarget, read_log: Any = no_logs) -> Readin
                 t,
                 now=datetime.now(UTC),
                 interval=timedelta(seconds=30),
-                scrape_interval=SCRAPE,
             )
         finally:
             client.close()
@@ -423,6 +422,29 @@ def test_wasm_fails_on_fetch_failures_since_the_canary_started(
     reading = wasm(prometheus, target(ns, ["c2"], [], since))
     assert reading.phase == MeasurementPhase.FAILED, reading.message
     assert "failed Wasm config conversion(s)" in reading.message
+
+
+def test_wasm_does_not_blame_the_canary_for_a_failure_just_before_it_started(
+    prometheus: Prometheus, exposition: Exposition, ns: str
+) -> None:
+    # A rolled-back version's failed fetch on a pod, scraped, and at once a new canary there:
+    # the window of two scrapes that increase() would need reaches back over that failure.
+    fetch = "istio_agent_wasm_remote_fetch_count"
+    exposition.grow(fetch, 1, namespace=ns, pod="c1", result="success")
+    wait_scraped(prometheus, f'{fetch}{{namespace="{ns}"}}', samples=2)
+    exposition.set(fetch, 1, namespace=ns, pod="c1", result="download_failure")
+    wait_scraped(prometheus, f'{fetch}{{namespace="{ns}",result="download_failure"}}', samples=1)
+    since = datetime.now(UTC)
+    reading = wasm(prometheus, target(ns, ["c1"], [], since))
+    assert reading.phase == MeasurementPhase.SUCCESSFUL, reading.message
+    # The same series growing after `since` is this canary's.
+    exposition.set(fetch, 2, namespace=ns, pod="c1", result="download_failure")
+    failures = f'{fetch}{{namespace="{ns}",result="download_failure"}}'
+    poll(lambda: [s.value for s in prometheus.query(failures)] == [2.0] or None,
+         timeout=30, what="the second failure scraped")  # fmt: skip
+    reading = wasm(prometheus, target(ns, ["c1"], [], since))
+    assert reading.phase == MeasurementPhase.FAILED, reading.message
+    assert "1 failed module fetch(es)" in reading.message
 
 
 def test_wasm_log_failures_win_over_an_unreachable_prometheus(

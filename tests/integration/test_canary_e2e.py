@@ -174,8 +174,15 @@ def wait_phase(mesh: Mesh, phase: str, timeout: float = 120) -> dict[str, Any]:
 class Traffic:
     """Steady load through every sidecar; every response's versions, with the time it came."""
 
-    def __init__(self, mesh: Mesh, rate: float = 40) -> None:
-        endpoints = workdir_endpoints(mesh.cluster.mesh.agent_dir, NS, selector={"app": "web"},
+    def __init__(
+        self,
+        mesh: Mesh,
+        rate: float = 40,
+        namespace: str = NS,
+        selector: dict[str, str] | None = None,
+    ) -> None:
+        endpoints = workdir_endpoints(mesh.cluster.mesh.agent_dir, namespace,
+                                      selector=selector or {"app": "web"},
                                       list_pods=list_pods(mesh.cluster))  # fmt: skip
         self.lock = threading.Lock()
         self.seen: list[tuple[float, str, int, str]] = []  # (time, pod, status, chain)
@@ -447,3 +454,77 @@ def test_pods_scaled_up_mid_rollout_get_exactly_one_version(mesh: Mesh) -> None:
     mesh.cluster.kubectl("scale", "deployment/web", "-n", NS, f"--replicas={PODS}")
     poll(lambda: len(serving(mesh.cluster)) == PODS or None, timeout=120,
          what=f"back to {PODS} sidecars")  # fmt: skip
+
+
+def test_waves_roll_one_workload_out_after_the_other(mesh: Mesh) -> None:
+    ns = "front"
+    cluster = mesh.cluster
+    cluster.kubectl("create", "namespace", ns)
+    cluster.kubectl("label", "namespace", ns, "istio-injection=enabled")
+    for app in ("cart", "checkout"):
+        manifest = deployment(app, 2)
+        manifest["metadata"]["namespace"] = ns
+        manifest["spec"]["template"]["metadata"]["labels"]["tier"] = "front"
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    poll(lambda: len([p for n, p in cluster.mesh.exporter.pods if n == ns]) == 4 or None,
+         timeout=120, what="4 sidecars serving in front")  # fmt: skip
+
+    def apply(version: str, strategy: dict[str, Any] | None) -> None:
+        spec: dict[str, Any] = {
+            "selector": {"matchLabels": {"tier": "front"}},
+            "priority": 10,
+            "module": {"url": mesh.modules["security-headers"]},
+            "pluginConfig": {"version": version},
+        }
+        if strategy:
+            spec["strategy"] = strategy
+        body = {"apiVersion": "filterrelease.dev/v1alpha1", "kind": "FilterRelease",
+                "metadata": {"name": "front", "namespace": ns}, "spec": spec}  # fmt: skip
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
+
+    def front_status() -> dict[str, Any]:
+        out = cluster.kubectl("get", "frel", "front", "-n", ns, "-o", "json")
+        return dict(json.loads(out.stdout).get("status") or {})
+
+    apply("v1", None)
+    poll(lambda: front_status().get("phase") == "Healthy" or None, timeout=60, what="v1")
+    strategy = {
+        "canary": {
+            "steps": [{"setWeight": 50}, {"pause": {"duration": "3s"}}],
+            "waves": {"byLabel": "app"},
+        }
+    }
+    with Traffic(mesh, namespace=ns, selector={"tier": "front"}) as traffic:
+        poll(lambda: len({s[1] for s in traffic.since(0)}) == 4 or None, timeout=30,
+             what="traffic through the 4 sidecars")  # fmt: skip
+        t0 = time.monotonic()
+        apply("v2", strategy)
+        snapshots: list[tuple[int, list[str]]] = []
+
+        def promoted() -> bool:
+            current = front_status()
+            rollout = current.get("rollout") or {}
+            snapshots.append((int(rollout.get("wave", 0)), current.get("canaryPods") or []))
+            return current.get("phase") == "Healthy" and (current.get("stable") or {}).get(
+                "pluginConfig"
+            ) == {"version": "v2"}
+
+        poll(promoted, timeout=120, what="v2 promoted after both waves")
+        poll(lambda: all(versions_of(s[3]) == ["v2"] for s in traffic.since(time.monotonic() - 1))
+             or None, timeout=30, what="every response on v2")  # fmt: skip
+        samples = traffic.since(t0)
+    bad = [s for s in samples if s[2] != 200 or len(versions_of(s[3])) != 1]
+    assert not bad, bad[:10]
+    # While the first wave ran, no checkout pod was on the canary; the second wave came.
+    assert all(not any(p.startswith("checkout-") for p in pods) for w, pods in snapshots if w == 0)
+    assert any(w == 1 for w, _ in snapshots), snapshots
+    # And in the traffic: cart answered with v2 before checkout did.
+    first_v2: dict[str, float] = {}
+    for t, pod, _, chain in samples:
+        if versions_of(chain) == ["v2"]:
+            first_v2.setdefault(pod, t)
+    cart = [t for p, t in first_v2.items() if p.startswith("cart-")]
+    checkout = [t for p, t in first_v2.items() if p.startswith("checkout-")]
+    assert len(cart) == 2
+    assert len(checkout) == 2
+    assert min(cart) < min(checkout), first_v2

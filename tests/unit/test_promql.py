@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -39,15 +39,17 @@ def test_traffic_queries_golden() -> None:
 
 
 def test_wasm_queries_golden() -> None:
-    q = wasm_queries("shop", ["web-a"], 300 * SEC)
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    q = wasm_queries("shop", ["web-a"], since)
     fetch = 'istio_agent_wasm_remote_fetch_count{namespace="shop",pod=~"web-a",result!="success"}'
+    at = "1767225600.000"
     assert q.fetch_failures == (
-        f"(sum(increase({fetch}[300s])) or vector(0))"
-        f" + (sum(last_over_time({fetch}[300s]) unless {fetch} offset 300s) or vector(0))"
+        f"(sum(clamp_min({fetch} - {fetch} @ {at}, 0)) or vector(0))"
+        f" + (sum({fetch} unless {fetch} @ {at}) or vector(0))"
     )
     assert 'result!~"success|no_remote_load"' in q.conversion_failures
     assert q.conversion_failures.startswith(
-        "(sum(increase(istio_agent_wasm_config_conversion_count{"
+        "(sum(clamp_min(istio_agent_wasm_config_conversion_count{"
     )
 
 

@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 REQUESTS_TOTAL = "istio_requests_total"
 DURATION_BUCKET = "istio_request_duration_milliseconds_bucket"
@@ -140,14 +140,30 @@ class WasmQueries:
     conversion_failures: str
 
 
-def wasm_queries(namespace: str, pods: Iterable[str], window_: timedelta) -> WasmQueries:
-    """istio-agent's failed module fetches and config conversions on `pods` in the window."""
+def increase_after(series: str, since: datetime) -> str:
+    """How much the counters `series` grew after `since`: each series' value now minus its
+    value at `since` (the `@` modifier: Prometheus 2.33+), plus in full every series that did
+    not exist then (istio-agent creates a failure series at its first failure).
+
+    Not increase_since() over the window rule's window: that window is at least two scrapes,
+    so just after `since` it reaches back before it, and a failed fetch of the version rolled
+    back a moment earlier, on a pod that is canary again, would be blamed on this one. A
+    counter that restarted lower (an agent restart) counts as no growth rather than negative."""
+    at = f"{since.timestamp():.3f}"
+    return (
+        f"(sum(clamp_min({series} - {series} @ {at}, 0)) or vector(0))"
+        f" + (sum({series} unless {series} @ {at}) or vector(0))"
+    )
+
+
+def wasm_queries(namespace: str, pods: Iterable[str], since: datetime) -> WasmQueries:
+    """istio-agent's failed module fetches and config conversions on `pods` after `since`."""
     pods = tuple(pods)
     fetch = REMOTE_FETCH_COUNT + selector(namespace, pods, result='!="success"')
     conversion = CONVERSION_COUNT + selector(
         namespace, pods, result=f"!~{promql_string(CONVERSION_OK)}"
     )
-    return WasmQueries(increase_since(fetch, window_), increase_since(conversion, window_))
+    return WasmQueries(increase_after(fetch, since), increase_after(conversion, since))
 
 
 # -- templates of custom queries ---------------------------------------------------------------

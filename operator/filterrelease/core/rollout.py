@@ -429,7 +429,7 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
                 type="Normal",
                 reason=verb,
                 message=f"{verb} WasmPlugin {write.name}: version {shown(desired)} "
-                f"(config {desired.config_hash}) to every selected proxy",
+                "to every selected proxy",
             )
         )
     if obs.request is not None:

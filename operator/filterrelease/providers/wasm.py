@@ -2,8 +2,8 @@
 fetched, converted or run fails the measurement at once.
 
 Signals, all restricted to the canary pods:
-  * istio-agent's counters (labelled by pod through the scrape job), counted since `since`
-    including series that first appeared after it (core/promql.increase_since):
+  * istio-agent's counters (labelled by pod through the scrape job), what they gained after
+    `since` including series that first appeared after it (core/promql.increase_after):
     istio_agent_wasm_remote_fetch_count{result!="success"} and
     istio_agent_wasm_config_conversion_count{result!~"success|no_remote_load"};
   * lines of the istio-proxy log (istio-agent and Envoy share it) in the last interval that a
@@ -56,13 +56,11 @@ async def measure_wasm(
     *,
     now: datetime,
     interval: timedelta,
-    scrape_interval: timedelta,
 ) -> Reading:
     if not target.canary_pods:
         return Reading(phase=MeasurementPhase.SUCCESSFUL, message="no canary pods yet")
-    # Counters: everything since `since` (at least two scrapes, for increase()).
-    window = max(now - target.since, 2 * scrape_interval)
-    queries = promql.wasm_queries(target.namespace, target.canary_pods, window)
+    # Counters: what they gained after `since`, never what they held before it.
+    queries = promql.wasm_queries(target.namespace, target.canary_pods, target.since)
 
     async def counters() -> tuple[float, float] | PrometheusError:
         try:

@@ -497,6 +497,9 @@ def test_waves_roll_one_workload_out_after_the_other(mesh: Mesh) -> None:
     with Traffic(mesh, namespace=ns, selector={"tier": "front"}) as traffic:
         poll(lambda: len({s[1] for s in traffic.since(0)}) == 4 or None, timeout=30,
              what="traffic through the 4 sidecars")  # fmt: skip
+        poll(lambda: ((recent := traffic.since(time.monotonic() - 1))
+             and all(versions_of(s[3]) == ["v1"] for s in recent)) or None,
+             timeout=60, what="every sidecar on v1")  # fmt: skip
         t0 = time.monotonic()
         apply("v2", strategy)
         snapshots: list[tuple[int, list[str]]] = []

@@ -14,5 +14,6 @@ COPY --from=build /src/.venv /app/.venv
 ENV PATH=/app/.venv/bin:$PATH PYTHONUNBUFFERED=1
 # A fixed non-root UID, so runAsNonRoot can be checked without a name lookup.
 USER 65532:65532
-EXPOSE 8080 9090
+# 8080 liveness, 9090 metrics, 9443 the pod admission webhook.
+EXPOSE 8080 9090 9443
 ENTRYPOINT ["filterrelease"]

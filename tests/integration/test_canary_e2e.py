@@ -437,6 +437,9 @@ def test_pods_scaled_up_mid_rollout_get_exactly_one_version(mesh: Mesh) -> None:
         tracks = sorted(p["metadata"]["labels"].get(track, "") for p in labels["items"])
         assert tracks == ["canary"] * 3 + ["stable"] * 3, tracks
         assert held["phase"] == "Paused"
+        # The new pods serve (each with exactly one version, checked below) before promotion.
+        poll(lambda: len({s[1] for s in traffic.since(t0)}) == 6 or None, timeout=60,
+             what="traffic through all 6 sidecars")  # fmt: skip
         mesh.cluster.kubectl(
             "annotate", "frel", RELEASE, "-n", NS, "filterrelease.dev/request=promote-full"
         )

@@ -13,7 +13,6 @@ import http.client
 import http.server
 import json
 import re
-import statistics
 import threading
 import time
 import urllib.request
@@ -463,66 +462,46 @@ def test_panicking_module_gives_503(
     assert "panicked" in envoy_log or "panic" in envoy_log
 
 
-def test_plugin_update_latency(
+def test_every_plugin_change_reaches_every_selected_sidecar(
     istio_cluster: LocalCluster, agent: MeshAgent, mesh_ns: str, published: Published
 ) -> None:
-    """Time from `kubectl apply` of a changed WasmPlugin to the LAST selected sidecar serving
-    it; also what the sidecars cost. Printed for the record; bounded loosely."""
+    """Successive changes of a WasmPlugin's pluginConfig each reach every selected sidecar, in
+    place (the same Envoy process). How fast is measured by bench/mesh_scale.py, not here."""
     names = ["l-1", "l-2", "l-3"]
     url = published.url("v1.1.0")
     apply(istio_cluster, *(pod(mesh_ns, n, "l") for n in names))
     ports = sidecar_ports(agent, mesh_ns, names)
-    # The change goes in through the API directly: kubectl's own start-up (0.3-0.5 s here)
-    # would blur what is measured, which is the agent and Envoy.
     api = kube.api_client(istio_cluster.admin_kubeconfig)
     custom = kubernetes.client.CustomObjectsApi(api)
     apply(istio_cluster, wasmplugin(mesh_ns, "latency", "l", url, {"version": "r0"}))
-    timings: list[float] = []
-    for round_ in range(6):
-        version = f"r{round_}"
-        t0 = time.monotonic()
-        if round_:
-            custom.patch_namespaced_custom_object(
-                "extensions.istio.io",
-                "v1alpha1",
-                mesh_ns,
-                "wasmplugins",
-                "latency",
-                {"spec": {"pluginConfig": {"version": version}}},
-                _content_type="application/merge-patch+json",
-            )
-        pending = set(names)
+    pids: dict[str, int | None] = {}
+    try:
+        for round_ in range(4):
+            version = f"r{round_}"
+            if round_:
+                custom.patch_namespaced_custom_object(
+                    "extensions.istio.io",
+                    "v1alpha1",
+                    mesh_ns,
+                    "wasmplugins",
+                    "latency",
+                    {"spec": {"pluginConfig": {"version": version}}},
+                    _content_type="application/merge-patch+json",
+                )
+            pending = set(names)
 
-        def all_updated(version: str = version, pending: set[str] = pending) -> bool:
-            for name in list(pending):
-                if serves_version(ports[name], version):
-                    pending.discard(name)
-            return not pending
+            def all_updated(version: str = version, pending: set[str] = pending) -> bool:
+                for name in list(pending):
+                    if serves_version(ports[name], version):
+                        pending.discard(name)
+                return not pending
 
-        wait_until(all_updated, 20, f"all pods serving {version}")
-        if round_:  # round 0 also fetches the module and starts VMs
-            timings.append(time.monotonic() - t0)
-    api.close()
-
-    usage = []
-    for name in names:
-        sidecar = agent.sidecars()[(mesh_ns, name)]
-        assert sidecar.pid is not None
-        status = Path(f"/proc/{sidecar.pid}/status").read_text()
-        rss_kb = int(re.search(r"VmRSS:\s+(\d+)", status)[1])  # type: ignore[index]
-        fields = Path(f"/proc/{sidecar.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu_s = (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
-        usage.append((rss_kb / 1024, cpu_s))
-    print(
-        f"\nWasmPlugin change -> last of {len(names)} sidecars serving it: "
-        f"median {statistics.median(timings):.3f}s, max {max(timings):.3f}s over {len(timings)} "
-        f"changes ({', '.join(f'{t:.3f}' for t in timings)})"
-    )
-    print(
-        "sidecar Envoys (RSS MiB, CPU s so far): "
-        + ", ".join(f"{rss:.0f} MiB/{cpu:.1f}s" for rss, cpu in usage)
-    )
-    assert statistics.median(timings) < 3.0
+            wait_until(all_updated, 20, f"all pods serving {version}")
+            now = {n: agent.sidecars()[(mesh_ns, n)].pid for n in names}
+            assert not pids or now == pids  # swapped in place: no Envoy restarted
+            pids = now
+    finally:
+        api.close()
 
 
 def test_pull_secret_reaches_the_fetch(

@@ -97,17 +97,22 @@ class KubeApi:
 
     # FilterReleases
 
-    async def get_release(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _get_custom(
+        self, group: str, version: str, namespace: str, plural: str, name: str
+    ) -> dict[str, Any] | None:
+        """One namespaced custom object; None when it does not exist."""
         try:
             body: dict[str, Any] = await self._call(
-                self._custom.get_namespaced_custom_object,
-                GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name,
-            )  # fmt: skip
+                self._custom.get_namespaced_custom_object, group, version, namespace, plural, name
+            )
         except KubeError as err:
             if err.not_found:
                 return None
             raise
         return body
+
+    async def get_release(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_custom(GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name)
 
     async def list_releases(self, namespace: str | None) -> list[dict[str, Any]]:
         if namespace:
@@ -131,30 +136,14 @@ class KubeApi:
         )  # fmt: skip
 
     async def get_analysis_template(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = await self._call(
-                self._custom.get_namespaced_custom_object,
-                GROUP, RELEASE_VERSION, namespace, TEMPLATE_PLURAL, name,
-            )  # fmt: skip
-        except KubeError as err:
-            if err.not_found:
-                return None
-            raise
-        return body
+        return await self._get_custom(GROUP, RELEASE_VERSION, namespace, TEMPLATE_PLURAL, name)
 
     # WasmPlugins
 
     async def get_wasmplugin(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            body: dict[str, Any] = await self._call(
-                self._custom.get_namespaced_custom_object,
-                ISTIO_GROUP, ISTIO_VERSION, namespace, WASMPLUGIN_PLURAL, name,
-            )  # fmt: skip
-        except KubeError as err:
-            if err.not_found:
-                return None
-            raise
-        return body
+        return await self._get_custom(
+            ISTIO_GROUP, ISTIO_VERSION, namespace, WASMPLUGIN_PLURAL, name
+        )
 
     async def apply_wasmplugin(
         self, manifest: dict[str, Any], *, dry_run: bool = False

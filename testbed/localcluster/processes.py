@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from localcluster.network import LOOPBACK, free_ports
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -176,3 +178,89 @@ def stop_in_reverse(processes: Sequence[ManagedProcess], grace: float) -> None:
     """Stop components in reverse start order, so clients go before the servers they use."""
     for proc in reversed(processes):
         proc.stop(grace)
+
+
+class LoopbackDaemon(StartStop):
+    """A server process of ours on 127.0.0.1 (the registries, Prometheus): spawn() writes its
+    config and starts it on a free port (kept across restarts), start() waits until ready()
+    and stops it again on any failure, stop() is idempotent and never raises."""
+
+    name: str
+    ready_path: str  # the endpoint ready() probes, for the timeout message
+    error: type[Exception]
+    start_timeout: float
+    # Seconds it gets to exit after SIGTERM: it holds nothing worth a longer wait.
+    stop_grace: float = 5.0
+
+    def __init__(self, port: int | None) -> None:
+        self._port = port
+        self._process: ManagedProcess | None = None
+        self._stopped = False
+        self.started_in: float | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def process(self) -> ManagedProcess:
+        if self._process is None:
+            raise RuntimeError(f"{self.name} has not been started")
+        return self._process
+
+    def spawn(self) -> ManagedProcess:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def _claim_port(self) -> int:
+        """The port to listen on; a daemon is spawned once per start."""
+        if self._process is not None:
+            raise RuntimeError(f"{self.name} can be started only once (restart() after stop())")
+        if self._port is None:
+            self._port = free_ports(1)[0]
+        return self._port
+
+    def start(self, timeout: float | None = None) -> None:
+        t0 = time.monotonic()
+        proc = self.spawn()
+        try:
+            wait_until_ready(
+                proc,
+                self.ready,
+                name=self.name,
+                endpoint=f"{self.url}{self.ready_path}",
+                timeout=self.start_timeout if timeout is None else timeout,
+                error=self.error,
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.started_in = time.monotonic() - t0
+        print(
+            f"localcluster: {self.name} up in {self.started_in:.2f}s: {self.url}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._process is not None:
+            self._process.stop(self.stop_grace)
+
+    def restart(self, timeout: float | None = None) -> None:
+        """Start again after stop(), on the same port and data: an outage that ends (what
+        points at its URL stays valid)."""
+        self.stop()
+        self._process = None
+        self._stopped = False
+        self.start(timeout)

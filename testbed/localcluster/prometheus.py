@@ -21,7 +21,6 @@ import math
 import os
 import secrets
 import shutil
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -32,15 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from localcluster.errors import ClusterStartError
-from localcluster.network import LOOPBACK, free_ports
-from localcluster.processes import ManagedProcess, StartStop, wait_until_ready
+from localcluster.network import LOOPBACK
+from localcluster.processes import LoopbackDaemon, ManagedProcess
 
 DEFAULT_BINARY = Path("/usr/bin/prometheus")
 _INSTALL_HINT = "install it with `apt-get install prometheus` (Debian/Ubuntu, Prometheus 2.42)"
 JOB_NAME = "kubernetes-pods"
 # What a sidecar serves Prometheus on (Istio's merged metrics endpoint, :15020).
 DEFAULT_METRICS_PATH = "/stats/prometheus"
-_STOP_GRACE = 5.0
 # Queries and probes go straight to loopback, whatever proxy the environment names.
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -105,8 +103,13 @@ def _seconds(duration: str) -> float:
     raise ValueError(f"unsupported duration {duration!r} (use e.g. 500ms, 1s, 2m)")
 
 
-class Prometheus(StartStop):
+class Prometheus(LoopbackDaemon):
     """One Prometheus process on 127.0.0.1, its config, TSDB and log under `workdir`."""
+
+    name = "prometheus"
+    ready_path = "/-/ready"
+    error = PrometheusError
+    start_timeout = 60.0
 
     def __init__(
         self,
@@ -128,26 +131,13 @@ class Prometheus(StartStop):
         self.evaluation_interval = evaluation_interval or scrape_interval
         self.metrics_path = metrics_path
         self.extra_jobs = [dict(job) for job in extra_jobs]
+        super().__init__(port)
         self._binary = binary
         self.log_path = log_path if log_path is not None else self.workdir / "prometheus.log"
-        self._port = port
-        self._process: ManagedProcess | None = None
-        self._stopped = False
         # In the config we write, so a probe can tell our process from another on the port.
         self._instance = secrets.token_hex(8)
-        self.started_in: float | None = None
 
     # -- public surface -------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("prometheus has not been started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def config_path(self) -> Path:
@@ -157,42 +147,10 @@ class Prometheus(StartStop):
     def storage_dir(self) -> Path:
         return self.workdir / "data"
 
-    @property
-    def process(self) -> ManagedProcess:
-        if self._process is None:
-            raise RuntimeError("prometheus has not been started")
-        return self._process
-
-    def start(self, timeout: float = 60) -> None:
-        """Spawn Prometheus and wait until /-/ready answers; stop it again on any failure."""
-        t0 = time.monotonic()
-        proc = self.spawn()
-        try:
-            wait_until_ready(
-                proc,
-                self.ready,
-                name="prometheus",
-                endpoint=f"{self.url}/-/ready",
-                timeout=timeout,
-                error=PrometheusError,
-            )
-        except BaseException:
-            self.stop()
-            raise
-        self.started_in = time.monotonic() - t0
-        print(
-            f"localcluster: prometheus up in {self.started_in:.2f}s: {self.url}",
-            file=sys.stderr,
-            flush=True,
-        )
-
     def spawn(self) -> ManagedProcess:
         """Write the config and start the process; does not wait for it."""
-        if self._process is not None:
-            raise RuntimeError("a Prometheus can be started only once")
+        self._claim_port()
         binary = find_binary(self._binary)
-        if self._port is None:
-            self._port = free_ports(1)[0]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(exist_ok=True)
         if not self.targets_file.exists():
@@ -230,22 +188,6 @@ class Prometheus(StartStop):
         except (OSError, ValueError):
             return False
         return self._instance in str(config.get("data", {}).get("yaml", ""))
-
-    def stop(self) -> None:
-        """Stop the Prometheus process group. Idempotent; never raises."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._process is not None:
-            self._process.stop(_STOP_GRACE)
-
-    def restart(self, timeout: float = 60) -> None:
-        """Start again after stop(), on the same port and TSDB: what the operator sees as a
-        Prometheus outage that ends (its configured URL stays valid)."""
-        self.stop()
-        self._process = None
-        self._stopped = False
-        self.start(timeout)
 
     def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path> with query parameters; the `data` of a successful answer."""

@@ -17,8 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,15 +24,13 @@ from pathlib import Path
 import bcrypt
 
 from localcluster.errors import ClusterStartError
-from localcluster.network import LOOPBACK, free_ports
-from localcluster.processes import ManagedProcess, StartStop, wait_until_ready
+from localcluster.network import LOOPBACK
+from localcluster.processes import LoopbackDaemon, ManagedProcess
 
 DEFAULT_BINARY = Path("/usr/bin/docker-registry")
 _INSTALL_HINT = (
     "install it with `apt-get install docker-registry` (Debian/Ubuntu, distribution 2.8)"
 )
-# Seconds the registry gets to exit after SIGTERM; it holds nothing worth a longer wait.
-_STOP_GRACE = 5.0
 # bcrypt cost of the htpasswd entry. The registry checks the password on every request, so the
 # default cost (12, ~0.25s of CPU each) would make a push of a few blobs take seconds. 4 is
 # the minimum Go's bcrypt accepts; these are throwaway test credentials.
@@ -70,13 +66,17 @@ def htpasswd_line(username: str, password: str) -> str:
     return f"{username}:{hashed.decode()}\n"
 
 
-class Registry(StartStop):
+class Registry(LoopbackDaemon):
     """One docker-registry process on 127.0.0.1, its config, storage and log under `workdir`.
 
     Use as a context manager, or call start() and stop(). For starting alongside other
     processes (as LocalCluster does) call spawn(), poll ready(), and stop the process it
     returns; stop() is then still safe to call.
     """
+
+    ready_path = "/v2/"
+    error = RegistryError
+    start_timeout = 30.0
 
     def __init__(
         self,
@@ -95,11 +95,9 @@ class Registry(StartStop):
         self.name = name
         self.username = username
         self.password = password
+        super().__init__(port)
         self._binary = binary
         self.log_path = log_path if log_path is not None else self.workdir / f"{name}.log"
-        self._port = port
-        self._process: ManagedProcess | None = None
-        self._stopped = False
         # Sent back by this process alone on every response (config http.headers), so that a
         # readiness probe cannot mistake another server that holds the port for ours.
         self._instance = secrets.token_hex(8)
@@ -107,19 +105,9 @@ class Registry(StartStop):
     # -- public surface -------------------------------------------------------------------
 
     @property
-    def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError(f"{self.name} has not been started")
-        return self._port
-
-    @property
     def host(self) -> str:
         """host:port, as it goes into an image reference (127.0.0.1:PORT/repo:tag)."""
         return f"{LOOPBACK}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     @property
     def auth(self) -> tuple[str, str] | None:
@@ -136,41 +124,10 @@ class Registry(StartStop):
     def config_path(self) -> Path:
         return self.workdir / "config.yml"
 
-    @property
-    def process(self) -> ManagedProcess:
-        if self._process is None:
-            raise RuntimeError(f"{self.name} has not been started")
-        return self._process
-
-    def start(self, timeout: float = 30) -> None:
-        """Spawn the registry and wait until /v2/ answers; stop it again on any failure."""
-        t0 = time.monotonic()
-        proc = self.spawn()
-        try:
-            wait_until_ready(
-                proc,
-                self.ready,
-                name=self.name,
-                endpoint=f"{self.url}/v2/",
-                timeout=timeout,
-                error=RegistryError,
-            )
-        except BaseException:
-            self.stop()
-            raise
-        print(
-            f"localcluster: {self.name} up in {time.monotonic() - t0:.2f}s: {self.url}",
-            file=sys.stderr,
-            flush=True,
-        )
-
     def spawn(self) -> ManagedProcess:
         """Write config (and htpasswd) and start the process; does not wait for it."""
-        if self._process is not None:
-            raise RuntimeError("a Registry can be started only once")
+        self._claim_port()
         binary = find_binary(self._binary)
-        if self._port is None:
-            self._port = free_ports(1)[0]
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.storage_dir.mkdir(exist_ok=True)
         htpasswd: Path | None = None
@@ -215,14 +172,6 @@ class Registry(StartStop):
             return {}
         token = base64.b64encode(f"{self.auth[0]}:{self.auth[1]}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
-
-    def stop(self) -> None:
-        """Stop the registry process group. Idempotent; never raises."""
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._process is not None:
-            self._process.stop(_STOP_GRACE)
 
     # -- internals -------------------------------------------------------------------------
 

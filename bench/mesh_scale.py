@@ -43,7 +43,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from localcluster.mesh import MeshCluster
+from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
 from localcluster.processes import ManagedProcess
 from meshagent.layout import PORT_FILE
@@ -62,34 +62,6 @@ REGISTRIES = ("registry", "auth-registry")
 
 
 # -- the workload ------------------------------------------------------------------------------
-
-
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name, **SELECTOR}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": f"registry.local/{name}:1",
-                            "ports": [{"containerPort": 8080}],
-                        },
-                        # No injector: the template declares the sidecar container itself.
-                        {"name": "istio-proxy", "image": "registry.local/proxyv2:1"},
-                    ],
-                },
-            },
-        },
-    }
 
 
 def wasmplugin(url: str, sha256: str, version: str) -> dict[str, Any]:
@@ -426,7 +398,12 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         )
         t0 = time.monotonic()
         for name, replicas in WORKLOADS.items():
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment(name, replicas)))
+            cluster.kubectl(
+                "apply",
+                "-f",
+                "-",
+                input=json.dumps(meshed_deployment(name, NS, replicas, SELECTOR)),
+            )
         pods_total = sum(WORKLOADS.values())
 
         def diagnose() -> str:

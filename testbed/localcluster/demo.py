@@ -35,7 +35,7 @@ from localcluster.install import (
     REPO,
     install_filterrelease,
 )
-from localcluster.mesh import MeshCluster
+from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.network import LOOPBACK
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
@@ -62,31 +62,7 @@ def show(cluster: LocalCluster, *args: str) -> str:
 
 
 def frontend() -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "frontend", "namespace": NS},
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": {"matchLabels": {"app": "frontend"}},
-            "template": {
-                "metadata": {"labels": {"app": "frontend", "version": "v1"}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": "registry.local/frontend:1",
-                            "ports": [{"containerPort": 8080}],
-                        },
-                        # There is no injector: the template declares the sidecar itself, as
-                        # an injected pod would have it.
-                        {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
-                    ],
-                },
-            },
-        },
-    }
+    return meshed_deployment("frontend", NS, REPLICAS, {"version": "v1"})
 
 
 # -- traffic through the sidecars --------------------------------------------------------------

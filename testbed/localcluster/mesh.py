@@ -34,6 +34,7 @@ from localcluster.prometheus import Prometheus, file_sd_job
 from meshagent.agent import MeshAgent
 from meshtraffic.exporter import MeshMetricsExporter
 from meshtraffic.podlogs import (
+    CONTAINER,
     KWOK_CONFIG_YAML,
     PodLogWriter,
     kubectl_registrar,
@@ -50,6 +51,37 @@ def mesh_kwok_config(workdir: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(KWOK_CONFIG_YAML)
     return path
+
+
+def meshed_deployment(
+    name: str, namespace: str, replicas: int, labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A Deployment whose pods the data plane serves: `app: <name>` plus `labels` on its pods,
+    and the istio-proxy container declared in the template itself (there is no injector), as
+    an injected pod would have it."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name, **(labels or {})}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": f"registry.local/{name}:1",
+                            "ports": [{"containerPort": 8080}],
+                        },
+                        {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
+                    ],
+                },
+            },
+        },
+    }
 
 
 def install_mesh_crds(cluster: LocalCluster) -> None:

@@ -21,6 +21,7 @@ from localcluster.install import (
 )
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
+from meshtraffic.podlogs import KWOK_CONFIG_YAML, logs_crd_manifest
 
 # The operator resyncs every release this often in the tests, so a test can watch resyncs happen.
 RESYNC_SECONDS = 1.0
@@ -135,3 +136,20 @@ class Published:
 @pytest.fixture(scope="session")
 def published(istio_cluster: LocalCluster, filter_modules: dict[str, bytes]) -> Published:
     return Published(istio_cluster.registry.host, filter_modules)
+
+
+@pytest.fixture(scope="module")
+def logs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A one-node cluster whose kwok serves `kubectl logs` from files named by its Logs objects
+    (one per pod), as the mesh's pod log writer creates them."""
+    workdir = tmp_path_factory.mktemp("logs-cluster")
+    kwok_config = workdir / "kwok-logs.yaml"
+    kwok_config.write_text(KWOK_CONFIG_YAML)
+    with LocalCluster(
+        workdir / "cluster", nodes=1, kwok_configs=[kwok_config], registries=False
+    ) as cluster:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(logs_crd_manifest()))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=30s"
+        )
+        yield cluster

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,10 @@ from filterrelease.providers.proxylogs import measure_proxy_logs
 from filterrelease.providers.wasm import measure_wasm
 from localcluster import LocalCluster
 from localcluster.prometheus import Prometheus, file_sd_job
+from meshagent.upstream import LoopbackServer
 from meshtraffic.podlogs import (
     CONTAINER,
-    KWOK_CONFIG_YAML,
     cri_line,
-    logs_crd_manifest,
     logs_manifest,
 )
 from tests.integration.test_meshtraffic import meshed_pod, poll
@@ -80,20 +79,17 @@ class Exposition:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = LoopbackServer(Handler, "exposition")
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self._server.server_address[1]}"
+        return f"127.0.0.1:{self._server.port}"
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        self._server.stop()
 
     def set(self, name: str, value: float, **labels: str) -> None:
         with self._lock:
@@ -586,22 +582,6 @@ def test_the_analyzer_measures_what_is_due_and_records_it(
 
 
 # -- pod logs through the API server --------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def logs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A one-node cluster whose kwok serves `kubectl logs` from files named by Logs objects."""
-    workdir = tmp_path_factory.mktemp("analysis-logs")
-    kwok_config = workdir / "kwok-logs.yaml"
-    kwok_config.write_text(KWOK_CONFIG_YAML)
-    with LocalCluster(
-        workdir / "cluster", nodes=1, kwok_configs=[kwok_config], registries=False
-    ) as cluster:
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(logs_crd_manifest()))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=30s"
-        )
-        yield cluster
 
 
 def test_proxy_logs_read_through_the_pods_log_api(logs_cluster: LocalCluster) -> None:

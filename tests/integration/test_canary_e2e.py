@@ -11,18 +11,19 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localcluster.install import OPERATOR_NAMESPACE, install_filterrelease
-from localcluster.mesh import MeshCluster
+from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
 from meshtraffic.loadgen import LoadGenerator, Response, workdir_endpoints
-from meshtraffic.podlogs import CONTAINER
 from tests.integration.conftest import with_custom_section
 from tests.integration.test_meshtraffic import list_pods, poll
 
@@ -41,65 +42,59 @@ class Mesh:
     modules: dict[str, str] = field(default_factory=dict)  # name → pinned oci:// URL
 
 
-@pytest.fixture(scope="module")
-def mesh(
-    tmp_path_factory: pytest.TempPathFactory, filter_modules: dict[str, bytes]
-) -> Iterator[Mesh]:
-    workdir = tmp_path_factory.mktemp("canary-e2e")
+@contextmanager
+def operated_mesh(
+    workdir: Path, operator_env: Mapping[str, str] | None = None
+) -> Iterator[tuple[MeshCluster, OperatorProcess]]:
+    """A MeshCluster with the operator running under its own RBAC (analysis against the
+    cluster's Prometheus) and a meshed Deployment of PODS pods serving in NS."""
     with MeshCluster(workdir / "cluster", nodes=2) as cluster:
         kubeconfig = install_filterrelease(cluster)
         env = {
             "FILTERRELEASE_PROMETHEUS_URL": cluster.mesh.prometheus.url,
             "FILTERRELEASE_PROMETHEUS_SCRAPE_SECONDS": "1",
             "FILTERRELEASE_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
+            **(operator_env or {}),
         }
         operator = OperatorProcess(
             kubeconfig, workdir / "operator.log", resync_seconds=5, extra_env=env
         )
         with operator:
-            found = Mesh(cluster, operator)
-            for name in ("security-headers", "panicky", "local-5xx", "slow"):
-                wasm = with_custom_section(filter_modules[name], "e2e", name.encode())
-                digest = publish(cluster.registry.host, f"filters/{name}", "e2e", wasm, "oci-wasm")
-                found.modules[name] = f"oci://{cluster.registry.host}/filters/{name}@{digest}"
             cluster.kubectl("create", "namespace", NS)
             cluster.kubectl("label", "namespace", NS, "istio-injection=enabled")
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment("web", PODS)))
+            web = meshed_deployment("web", NS, PODS)
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(web))
             poll(
                 lambda: len(serving(cluster)) == PODS or None,
                 timeout=120,
                 what=f"{PODS} sidecars serving",
             )
-            try:
-                yield found
-            finally:
-                print(f"\n--- operator log ---\n{operator.log_tail(60)}")
-                events = cluster.kubectl(
-                    "get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False
-                )
-                print(f"\n--- events in {NS} ---\n{events.stdout[-6000:]}")
+            yield cluster, operator
 
 
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {"name": "app", "image": "registry.local/app:1"},
-                        {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
-                    ],
-                },
-            },
-        },
-    }
+def report(mesh: Mesh) -> None:
+    """The operator's log and the namespace's events, for the test output."""
+    print(f"\n--- operator log ---\n{mesh.operator.log_tail(60)}")
+    events = mesh.cluster.kubectl(
+        "get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False
+    )
+    print(f"\n--- events in {NS} ---\n{events.stdout[-6000:]}")
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, filter_modules: dict[str, bytes]
+) -> Iterator[Mesh]:
+    with operated_mesh(tmp_path_factory.mktemp("canary-e2e")) as (cluster, operator):
+        found = Mesh(cluster, operator)
+        for name in ("security-headers", "panicky", "local-5xx", "slow"):
+            wasm = with_custom_section(filter_modules[name], "e2e", name.encode())
+            digest = publish(cluster.registry.host, f"filters/{name}", "e2e", wasm, "oci-wasm")
+            found.modules[name] = f"oci://{cluster.registry.host}/filters/{name}@{digest}"
+        try:
+            yield found
+        finally:
+            report(found)
 
 
 def serving(cluster: MeshCluster) -> list[str]:
@@ -465,9 +460,7 @@ def test_waves_roll_one_workload_out_after_the_other(mesh: Mesh) -> None:
     cluster.kubectl("create", "namespace", ns)
     cluster.kubectl("label", "namespace", ns, "istio-injection=enabled")
     for app in ("cart", "checkout"):
-        manifest = deployment(app, 2)
-        manifest["metadata"]["namespace"] = ns
-        manifest["spec"]["template"]["metadata"]["labels"]["tier"] = "front"
+        manifest = meshed_deployment(app, ns, 2, {"tier": "front"})
         cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     poll(lambda: len([p for n, p in cluster.mesh.exporter.pods if n == ns]) == 4 or None,
          timeout=120, what="4 sidecars serving in front")  # fmt: skip

@@ -27,8 +27,6 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
-from localcluster.install import install_filterrelease
-from localcluster.mesh import MeshCluster
 from localcluster.oci_publish import publish
 from localcluster.operator_process import OperatorProcess
 from localcluster.registry import Registry
@@ -42,11 +40,13 @@ from tests.integration.test_canary_e2e import (
     Mesh,
     Traffic,
     brief,
-    deployment,
     install_v1,
-    serving,
+    operated_mesh,
     status,
     versions_of,
+)
+from tests.integration.test_canary_e2e import (
+    report as report_mesh,
 )
 from tests.integration.test_meshtraffic import poll
 
@@ -74,37 +74,16 @@ def faulty_mesh(
     report: bool = True,
 ) -> Iterator[FaultMesh]:
     """A MeshCluster with the operator running, v1 (security-headers) published and a meshed
-    Deployment of PODS pods serving: test_canary_e2e's fixture, for this module and the bench."""
-    with MeshCluster(workdir / "cluster", nodes=2) as cluster:
-        kubeconfig = install_filterrelease(cluster)
-        env = {
-            "FILTERRELEASE_PROMETHEUS_URL": cluster.mesh.prometheus.url,
-            "FILTERRELEASE_PROMETHEUS_SCRAPE_SECONDS": "1",
-            **(operator_env or {}),
-        }
-        operator = OperatorProcess(
-            kubeconfig, workdir / "operator.log", resync_seconds=5, extra_env=env
-        )
-        with operator:
-            found = FaultMesh(cluster, operator, wasm=wasm, workdir=workdir)
-            found.modules["security-headers"], _ = publish_module(found, "security-headers", "v1")
-            cluster.kubectl("create", "namespace", NS)
-            cluster.kubectl("label", "namespace", NS, "istio-injection=enabled")
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment("web", PODS)))
-            poll(
-                lambda: len(serving(cluster)) == PODS or None,
-                timeout=120,
-                what=f"{PODS} sidecars serving",
-            )
-            try:
-                yield found
-            finally:
-                if report:
-                    print(f"\n--- operator log ---\n{found.operator.log_tail(60)}")
-                    events = cluster.kubectl(
-                        "get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False
-                    )
-                    print(f"\n--- events in {NS} ---\n{events.stdout[-6000:]}")
+    Deployment of PODS pods serving: test_canary_e2e's, for this module and the bench."""
+    with operated_mesh(workdir, operator_env) as (cluster, operator):
+        found = FaultMesh(cluster, operator, wasm=wasm, workdir=workdir)
+        found.modules["security-headers"], _ = publish_module(found, "security-headers", "v1")
+        try:
+            yield found
+        finally:
+            if report:
+                # found.operator: a test may have swapped the operator for another one.
+                report_mesh(found)
 
 
 @pytest.fixture(scope="module")

@@ -143,8 +143,13 @@ def test_stop_leaves_no_process_behind(cluster: LocalCluster) -> None:
     cluster.stop()
     # stop() has reaped every leader, so nothing may answer a signal any more: neither the
     # component itself nor anything left in its process group.
-    leftovers = {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
+    leftovers = still_running(pids)
     assert not leftovers, f"still running after stop(): {leftovers}"
+
+
+def still_running(pids: dict[str, int]) -> dict[str, int]:
+    """The processes, or their process groups, that still exist."""
+    return {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
 
 
 def _exists(pid: int) -> bool:

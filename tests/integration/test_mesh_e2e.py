@@ -6,21 +6,20 @@ the Wasm panic. Stopping the cluster, or failing to start it, leaves no process 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from localcluster import ClusterStartError
-from localcluster.mesh import MeshCluster
+from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
 from meshtraffic.loadgen import LoadGenerator, LoadResult, workdir_endpoints
 from meshtraffic.podlogs import CONTAINER
 from tests.integration.conftest import with_custom_section
+from tests.integration.test_localcluster import still_running
 from tests.integration.test_meshtraffic import by_pod_code, list_pods, poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
@@ -35,36 +34,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshCluster]:
         yield c
 
 
-def deployment(name: str, replicas: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [
-                        {"name": "app", "image": "registry.local/app:1"},
-                        # No injector: the template declares the sidecar container itself.
-                        {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
-                    ],
-                },
-            },
-        },
-    }
-
-
 def test_a_panicking_filter_shows_in_prometheus_and_proxy_logs(
     cluster: MeshCluster, filter_modules: dict[str, bytes]
 ) -> None:
     stack = cluster.mesh
     cluster.kubectl("create", "namespace", NS)
     cluster.kubectl("label", "namespace", NS, "istio-injection=enabled")
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(deployment("web", 2)))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(meshed_deployment("web", NS, 2)))
     pods = poll(
         lambda: (
             sorted(p for _, p in stack.exporter.pods) if len(stack.exporter.pods) == 2 else None
@@ -132,7 +108,7 @@ def test_stop_leaves_no_process_behind(cluster: MeshCluster) -> None:
     assert {"prometheus", "kube-apiserver", "etcd", "kwok", "registry"} <= set(pids)
     cluster.stop()
     cluster.stop()
-    leftovers = {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
+    leftovers = still_running(pids)
     assert not leftovers, f"still running after stop(): {leftovers}"
     assert not _mesh_threads(), "mesh threads still running after stop()"
 
@@ -145,7 +121,7 @@ def test_a_data_plane_that_fails_to_start_stops_the_cluster(tmp_path: Path) -> N
         cluster.start()
     pids = cluster.pids
     assert {"kube-apiserver", "etcd", "kwok"} <= set(pids)
-    leftovers = {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
+    leftovers = still_running(pids)
     assert not leftovers, f"still running after a failed start: {leftovers}"
     assert not _mesh_threads(), "mesh threads still running after a failed start"
 
@@ -154,19 +130,3 @@ def _mesh_threads() -> list[str]:
     """Threads of the agent, its sidecars, the exporter and the pod log writer still alive."""
     prefixes = ("meshagent", "sidecar-", "informer-", "meshtraffic")
     return [t.name for t in threading.enumerate() if t.name.startswith(prefixes)]
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

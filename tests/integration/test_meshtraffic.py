@@ -38,10 +38,8 @@ from meshtraffic.metrics import (
 )
 from meshtraffic.podlogs import (
     CONTAINER,
-    KWOK_CONFIG_YAML,
     PodLogWriter,
     kubectl_registrar,
-    logs_crd_manifest,
 )
 
 pytestmark = pytest.mark.integration
@@ -479,22 +477,6 @@ def test_load_through_real_sidecars_matches_prometheus(tmp_path: Path, upstream_
 
 
 # -- kubectl logs -c istio-proxy ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def logs_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """A small cluster whose kwok takes per-pod `Logs` rules from the apiserver."""
-    workdir = tmp_path_factory.mktemp("meshtraffic-cluster")
-    kwok_config = workdir / "kwok-logs.yaml"
-    kwok_config.write_text(KWOK_CONFIG_YAML)
-    with LocalCluster(
-        workdir / "cluster", nodes=1, kwok_configs=[kwok_config], registries=False
-    ) as cluster:
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(logs_crd_manifest()))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=30s"
-        )
-        yield cluster
 
 
 def meshed_pod(namespace: str, name: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Istio's CRDs are Istio's own files from ../shared/istio (never hand-written copi
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from localcluster.cluster import LocalCluster
@@ -21,16 +22,37 @@ OPERATOR_NAMESPACE = "filterrelease-system"
 OPERATOR_SERVICEACCOUNT = "filterrelease-operator"
 
 
+def _local_origin() -> Path | None:
+    """The checkout this one was cloned from, when that is a local path (`git clone . /tmp/x`):
+    its shared/ folder is then the one meant."""
+    try:
+        url = subprocess.run(
+            ["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+            capture_output=True, text=True, check=False, timeout=10,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    url = url.removeprefix("file://")
+    return Path(url) if url.startswith("/") else None
+
+
 def istio_crd_dir() -> Path:
-    """Where Istio's CRD files are: $FILTERRELEASE_ISTIO_CRDS, else shared/istio beside the repo."""
+    """Where Istio's CRD files are: $FILTERRELEASE_ISTIO_CRDS, else shared/istio beside the repo
+    (or beside the local checkout this one was cloned from)."""
     configured = os.environ.get("FILTERRELEASE_ISTIO_CRDS")
-    path = Path(configured) if configured else REPO.parent / "shared" / "istio"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"Istio's CRDs are not at {path}: set FILTERRELEASE_ISTIO_CRDS to the folder holding "
-            + ", ".join(ISTIO_CRD_FILES.values())
-        )
-    return path
+    if configured:
+        candidates = [Path(configured)]
+    else:
+        candidates = [REPO.parent / "shared" / "istio"]
+        if (origin := _local_origin()) is not None:
+            candidates.append(origin.parent / "shared" / "istio")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    raise FileNotFoundError(
+        f"Istio's CRDs are not at {' or '.join(map(str, candidates))}: set "
+        "FILTERRELEASE_ISTIO_CRDS to the folder holding " + ", ".join(ISTIO_CRD_FILES.values())
+    )
 
 
 def install_istio_crds(cluster: LocalCluster, version: str) -> None:

@@ -364,7 +364,7 @@ class Reconciler:
             await self._kube.patch_release_status(obs.release.namespace, obs.release.name, patch)
         for action in decision.actions:
             if isinstance(action, EmitEvent):
-                await self._emit(body, action, decision)
+                await self._emit(body, obs, action, decision)
         if retry is not None:
             raise retry  # the caller retries with backoff
         return decision
@@ -395,7 +395,9 @@ class Reconciler:
             case ConsumeRequest():
                 await self._kube.remove_release_annotation(ns, obs.release.name, REQUEST_ANNOTATION)
 
-    async def _emit(self, body: dict[str, Any], event: EmitEvent, decision: Decision) -> None:
+    async def _emit(
+        self, body: dict[str, Any], obs: Observation, event: EmitEvent, decision: Decision
+    ) -> None:
         try:
             await self._kube.emit_event(
                 body,
@@ -407,14 +409,13 @@ class Reconciler:
         except KubeError as err:
             # An Event is a notification: losing one must not stop the release.
             log.warning("could not post event %s: %s", event.reason, err)
-        spec = parse_spec(body.get("spec"))
+        spec = obs.spec  # parsed once, in _observe
         if self._notifier is None or not isinstance(spec, FilterReleaseSpec) or not spec.canary:
             return
-        meta = body["metadata"]
         rollout = decision.status.rollout
         subject = Subject(
-            name=meta["name"],
-            namespace=meta["namespace"],
+            name=obs.release.name,
+            namespace=obs.release.namespace,
             phase=FLAGGER_PHASE.get(decision.trigger, "Succeeded"),
             checksum=rollout.revision if rollout else "",
         )

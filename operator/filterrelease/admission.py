@@ -17,27 +17,23 @@ admitted unlabelled during a split runs without its filter.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import kopf
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from filterrelease.config import Settings
 from filterrelease.core.render import LABEL_MANAGED_BY, MANAGED_BY
-from filterrelease.core.tracks import admission_labels
+from filterrelease.core.tracks import STABLE, admission_labels, selects, track_label
 from filterrelease.kube.api import ApiClient, KubeApi, KubeError
 from filterrelease.kube.webhooks import AdmissionApi
-from filterrelease.splits import SplitRegistry
+from filterrelease.splits import SplitRegistry, split_from_body
+from filterrelease.webhook_tls import ServingCertificate, as_ip, issue
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +42,13 @@ HANDLER_ID = "pod-tracks"  # kopf routes /<handler id> to the handler
 # own deadline for the call (TIMEOUT_SECONDS) must be longer, or the wait would be pointless.
 LOAD_WAIT_SECONDS = 5.0
 TIMEOUT_SECONDS = 10
+# One read of a release that may have split since our watch last showed it (confirmed_splits).
+CONFIRM_SECONDS = 3.0
 SERVICE_PORT = 443  # the webhook Service's port (deploy/operator/deployment.yaml)
 # Namespaces never sent through the webhook, whatever their labels: a fail-closed webhook on
 # the control plane's own pods can keep a cluster from recovering.
 ALWAYS_EXEMPT = ("kube-system",)
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set by the API server on every namespace
-# A self-signed certificate lives as long as the process that made it (a new one at every
-# start); its validity only has to outlast the process.
-SELF_SIGNED_VALIDITY = timedelta(days=3650)
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -79,12 +74,49 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
             )
         if namespace is None:  # the API server sets it before admission; never seen
             raise kopf.AdmissionError("pod without a namespace", code=400)
-        added = admission_labels(body.metadata.labels, splits.in_namespace(namespace))
+        labels = body.metadata.labels
+        added = admission_labels(labels, splits.in_namespace(namespace))
+        added |= await confirmed_splits(memo.kube, namespace, labels, splits, added)
         for key, value in added.items():
             patch.metadata.labels[key] = value
         if added:
             pod = body.metadata.name or f"{body.metadata.get('generateName', '')}*"
             log.info("pod %s/%s joins the stable track of %s", namespace, pod, sorted(added))
+
+
+async def confirmed_splits(
+    kube: KubeApi,
+    namespace: str,
+    labels: Mapping[str, str],
+    splits: SplitRegistry,
+    added: Mapping[str, str],
+) -> dict[str, str]:
+    """Track labels for the releases our watch does not show split but that may be split by now.
+
+    Every replica answers from its own watch, and the leader splits a release by writing
+    status.split before it lists the pods it labels; a follower's watch may deliver that write a
+    moment after a pod it admits. So for a release that can split (it has a canary strategy)
+    and selects the pod, a read of the release itself decides: any admission after the split
+    was written sees it. A read that fails labels the pod anyway: a track label too many is
+    harmless, one too few is a pod without its filter.
+    """
+    found: dict[str, str] = {}
+    for release in splits.unsplit_canaries(namespace):
+        key = track_label(release.name)
+        if key in labels or key in added or not selects(release.match_labels, labels):
+            continue
+        try:
+            current = await asyncio.wait_for(
+                kube.get_release(namespace, release.name), CONFIRM_SECONDS
+            )
+        except (KubeError, TimeoutError) as err:
+            log.warning("cannot read %s/%s, labelling the pod stable: %s",
+                        namespace, release.name, err)  # fmt: skip
+            found[key] = STABLE
+            continue
+        if current is not None and split_from_body(current) is not None:
+            found[key] = STABLE
+    return found
 
 
 # -- start-up and clean-up ---------------------------------------------------------------------
@@ -96,6 +128,8 @@ class Admission:
     def __init__(self) -> None:
         self.tasks: list[asyncio.Task[None]] = []
         self.cert_dir: Path | None = None
+        # Set once the webhook server listens (readiness, health.py).
+        self.listening = asyncio.Event()
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -125,36 +159,69 @@ async def start(
     admission = Admission()
     admission.tasks.append(asyncio.create_task(load_splits(splits, kube, config.namespaces)))
     if not config.webhook_enabled:
+        admission.listening.set()  # nothing to wait for
         return admission
     api = AdmissionApi(api_client, field_manager=config.field_manager)
     names = server_names(config)
     if config.webhook_cert_file:
-        server = TrackWebhookServer(
-            publish=lambda client_config: publish(api, config, client_config),
-            addr=config.webhook_address,
-            port=config.webhook_port,
-            host=names[0],
-            certfile=config.webhook_cert_file,
-            pkeyfile=config.webhook_key_file,
-            cafile=config.webhook_ca_file or None,
-        )
+        certfile, keyfile = Path(config.webhook_cert_file), Path(config.webhook_key_file)
+        tls: dict[str, Any] = {"cafile": config.webhook_ca_file or None}
     else:
+        shared = await shared_certificate(api, config, names)
         admission.cert_dir = Path(tempfile.mkdtemp(prefix="filterrelease-webhook-"))
-        certfile, keyfile, ca = self_signed_certificate(
-            names, admission.cert_dir, datetime.now(UTC)
-        )
-        server = TrackWebhookServer(
-            publish=lambda client_config: publish(api, config, client_config),
-            addr=config.webhook_address,
-            port=config.webhook_port,
-            host=names[0],
-            certfile=certfile,
-            pkeyfile=keyfile,
-            cadata=ca,
-        )
-    settings.admission.server = server
+        certfile, keyfile = shared.write(admission.cert_dir)
+        tls = {"cadata": shared.ca_pem}
+    settings.admission.server = TrackWebhookServer(
+        publish=lambda client_config: publish(api, config, client_config),
+        listening=admission.listening,
+        addr=config.webhook_address,
+        port=config.webhook_port,
+        host=names[0],
+        certfile=str(certfile),
+        pkeyfile=str(keyfile),
+        **tls,
+    )
     settings.admission.managed = None  # the configuration is ours: see the module docstring
     return admission
+
+
+async def shared_certificate(
+    api: AdmissionApi, config: Settings, names: list[str]
+) -> ServingCertificate:
+    """The replicas' one serving certificate, kept in a Secret in the operator's namespace.
+
+    The first replica to start makes it (create fails for all but one racing replica, which
+    then read the winner's); a certificate that no longer names every name the API server may
+    call, or is close to its end, is replaced (with the resourceVersion read, so two replicas
+    never replace it with two different ones). Retries until the API server answers: the
+    webhook cannot serve without it."""
+    namespace, name = config.home_namespace, config.webhook_secret_name
+    backoff = iter(RETRY_DELAYS)
+    delay = 0.0
+    while True:
+        try:
+            found = await api.read_secret(namespace, name)
+            now = datetime.now(UTC)
+            if found is not None:
+                data, version = found
+                current = ServingCertificate.from_secret_data(data)
+                if current is not None and current.serves(names, now):
+                    return current
+                fresh = issue(names, now)
+                log.info("replacing the webhook certificate in Secret %s/%s", namespace, name)
+                await api.replace_secret(namespace, name, fresh.as_secret_data(), version)
+                return fresh
+            fresh = issue(names, now)
+            await api.create_secret(namespace, name, fresh.as_secret_data())
+            log.info("webhook certificate made and kept in Secret %s/%s", namespace, name)
+            return fresh
+        except KubeError as err:
+            if err.status == 409:  # another replica wrote it first: use theirs
+                continue
+            delay = next(backoff, delay)
+            log.warning("cannot keep the webhook certificate in Secret %s/%s (retrying in %ss): "
+                        "%s", namespace, name, delay, err)  # fmt: skip
+            await asyncio.sleep(delay)
 
 
 async def load_splits(
@@ -189,14 +256,17 @@ class TrackWebhookServer(kopf.WebhookServer):
         self,
         *,
         publish: Callable[[kopf.WebhookClientConfig], Any],
+        listening: asyncio.Event,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._publish = publish
+        self._listening = listening
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         async for client_config in super().__call__(fn):
             # Already listening: the API server can call us once the configuration lands.
+            self._listening.set()
             await self._publish(client_config)
             yield client_config
 
@@ -233,7 +303,7 @@ def server_names(config: Settings) -> list[str]:
         namespace, name = service_ref(config.webhook_service)
         names += [f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
     address = config.webhook_address
-    ip = _ip(address)
+    ip = as_ip(address)
     if ip is not None and ip.is_unspecified:  # listening everywhere: loopback is one of them
         address = "127.0.0.1" if ip.version == 4 else "::1"
     names.append(address)
@@ -328,87 +398,3 @@ def webhook_configuration(
             }
         ],
     }
-
-
-# -- self-signed certificate -------------------------------------------------------------------
-
-
-def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(name)
-    except ValueError:
-        return None
-
-
-def self_signed_certificate(
-    names: list[str], directory: Path, now: datetime
-) -> tuple[Path, Path, bytes]:
-    """A throw-away CA and a server certificate it signed for `names`, written to `directory`.
-
-    Returns the certificate file, the key file and the CA certificate (the webhook's caBundle):
-    the plain shape of a private PKI, which every TLS client verifies the same way. The CA's key
-    is never written anywhere and is gone when this returns.
-    """
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "filterrelease webhook CA")])
-    not_before = now - timedelta(minutes=5)  # clock skew between us and the API server
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + SELF_SIGNED_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for name in names:
-        ip = _ip(name)
-        sans.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(name))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(now + SELF_SIGNED_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    certfile, keyfile = directory / "tls.crt", directory / "tls.key"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.touch(mode=0o600)  # private before the key is in it
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return certfile, keyfile, ca_cert.public_bytes(serialization.Encoding.PEM)
-
-
-def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=not cert_sign,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=cert_sign,
-        crl_sign=cert_sign,
-        encipher_only=False,
-        decipher_only=False,
-    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PREFIX = "FILTERRELEASE_"
+DEFAULT_HOME_NAMESPACE = "filterrelease-system"  # deploy/operator/namespace.yaml
 
 
 class Settings(BaseModel):
@@ -67,6 +69,50 @@ class Settings(BaseModel):
     # stop its own server from being recreated), and owner of the webhook configuration, so
     # deleting the namespace (uninstalling) removes it too.
     operator_namespace: str = ""
+
+    # High availability: every replica watches and serves the pod admission webhook; only the
+    # holder of a coordination.k8s.io Lease reconciles and writes. Off: this process acts alone
+    # (never run two replicas that way). The timings are controller-runtime's defaults: a
+    # follower takes over at most lease_duration (+ one retry) after the leader last renewed;
+    # a leader that cannot renew for renew_deadline stops writing, before anyone else can start.
+    leader_election: bool = True
+    lease_name: str = "filterrelease-operator"
+    # Empty: the operator's namespace (operator_namespace), else DEFAULT_HOME_NAMESPACE.
+    lease_namespace: str = ""
+    lease_duration_seconds: float = Field(default=15.0, ge=1)
+    lease_renew_deadline_seconds: float = Field(default=10.0, ge=1)
+    lease_retry_period_seconds: float = Field(default=2.0, ge=1)
+    # This replica's identity in the Lease: the pod name (a restarted container of the same
+    # pod takes its Lease back at once); empty: the host name, which is the pod name in a pod.
+    pod_name: str = ""
+    # Where replicas share the webhook's self-signed certificate (in the home namespace), so
+    # that the API server trusts every replica behind the Service with one caBundle.
+    webhook_secret_name: str = "filterrelease-webhook-tls"  # noqa: S105  (a name, not a secret)
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Settings:
+        # The library's own rule (kubernetes.aio.leaderelection.electionconfig), said up front
+        # as a settings error instead of a crash at the first election.
+        if not (
+            self.lease_duration_seconds
+            > self.lease_renew_deadline_seconds
+            > 1.2 * self.lease_retry_period_seconds
+        ):
+            raise ValueError(
+                "leader election needs lease duration > renew deadline > 1.2 x retry period "
+                f"(got {self.lease_duration_seconds:g} s, {self.lease_renew_deadline_seconds:g} s,"
+                f" {self.lease_retry_period_seconds:g} s)"
+            )
+        return self
+
+    @property
+    def home_namespace(self) -> str:
+        """Where the operator keeps its own objects (Lease, webhook certificate Secret)."""
+        return self.operator_namespace or DEFAULT_HOME_NAMESPACE
+
+    @property
+    def identity(self) -> str:
+        return self.pod_name or socket.gethostname()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -17,15 +17,20 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 
 from filterrelease import admission
 from filterrelease.analyzer import Analyzer
+from filterrelease.build import build_versions
 from filterrelease.config import Settings
 from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
+from filterrelease.health import HealthServer
 from filterrelease.kube.api import ISTIO_GROUP, ApiClient, KubeApi, KubeError, load_api_client
+from filterrelease.kube.lease import LeaseApi
 from filterrelease.kube.podlogs import PodLogs
+from filterrelease.leadership import Leadership, LeaseLeadership
 from filterrelease.notify import Notifier
 from filterrelease.preflight import Preflight
 from filterrelease.providers.dryrun import EnvoyDryRun
@@ -53,46 +58,11 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        configure_kopf(settings)
-        api_client = load_api_client()
-        kube = KubeApi(api_client, field_manager=config.field_manager)
-        metrics = Metrics()
-        if config.metrics_port:
-            metrics.serve(config.metrics_address, config.metrics_port)
-        memo.kube = kube
-        # Pod admission: which releases are split, and kopf's webhook server (admission.py).
-        memo.splits = SplitRegistry()
-        memo.admission = await admission.start(settings, config, memo.splits, kube, api_client)
-        registry = RegistryClient(timeout=config.registry_timeout_seconds)
-        preflight = Preflight(kube, registry, metrics, dry_run_for(config))
-        memo.analyzer = analyzer_for(config, api_client)
-        memo.notifier = Notifier()
-        memo.requeues = Requeues()
-        memo.reconciler = Reconciler(
-            kube,
-            preflight,
-            metrics,
-            _now,
-            measurer=memo.analyzer,
-            notifier=memo.notifier,
-            on_split=memo.splits.on_split,  # admission labels new pods before a split acts
-        )
-        memo.requeues.reconciler = memo.reconciler
-        memo.resync = asyncio.create_task(
-            resync_forever(memo.reconciler, kube, config, memo.requeues)
-        )
+        await start(settings, config, memo)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-        memo.resync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await memo.resync
-        await memo.requeues.close()
-        await memo.notifier.aclose()
-        if memo.analyzer is not None:
-            memo.analyzer.close()
-        await memo.admission.stop()
-        memo.kube.close()
+        await stop(memo)
 
     @kopf.on.event(GROUP, "v1alpha1", "filterreleases", registry=registry)
     async def release_event(
@@ -105,7 +75,8 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
             memo.reconciler.forget(namespace, name)
             return
         memo.splits.update_from_body(body)  # before the reconcile: admission must not lag
-        await reconcile_logged(memo.reconciler, namespace, name, requeues=memo.requeues)
+        if memo.leadership.leading:
+            await reconcile_logged(memo.reconciler, namespace, name, requeues=memo.requeues)
 
     @kopf.on.event(
         ISTIO_GROUP,
@@ -118,8 +89,102 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any
     ) -> None:
         # A WasmPlugin we own changed or went away (someone edited or deleted it): put it back.
-        if namespace and (owner := labels.get(LABEL_RELEASE)):
+        if memo.leadership.leading and namespace and (owner := labels.get(LABEL_RELEASE)):
             await reconcile_logged(memo.reconciler, namespace, owner, requeues=memo.requeues)
+
+
+async def start(settings: kopf.OperatorSettings, config: Settings, memo: kopf.Memo) -> None:
+    """Build every dependency into kopf's memo; nothing happens at import time."""
+    configure_kopf(settings)
+    api_client = load_api_client()
+    metrics = Metrics()
+    versions = build_versions()
+    metrics.set_build(versions.version, versions.python, versions.kopf)
+    if config.metrics_port:
+        metrics.serve(config.metrics_address, config.metrics_port)
+    memo.leadership = leadership_for(config, api_client, memo, metrics)
+    # Only the leader writes: every write of the reconciler's asks the leadership first.
+    kube = KubeApi(
+        api_client, field_manager=config.field_manager, may_write=memo.leadership.may_write
+    )
+    memo.kube = kube
+    # Pod admission: which releases are split, and kopf's webhook server (admission.py).
+    memo.splits = SplitRegistry()
+    memo.admission = await admission.start(settings, config, memo.splits, kube, api_client)
+    memo.health = health_server(config, memo)
+    if memo.health is not None:
+        await memo.health.start()
+    registry = RegistryClient(timeout=config.registry_timeout_seconds)
+    preflight = Preflight(kube, registry, metrics, dry_run_for(config))
+    memo.analyzer = analyzer_for(config, api_client)
+    memo.notifier = Notifier()
+    memo.requeues = Requeues(memo.leadership)
+    memo.reconciler = Reconciler(
+        kube,
+        preflight,
+        metrics,
+        _now,
+        measurer=memo.analyzer,
+        notifier=memo.notifier,
+        on_split=memo.splits.on_split,  # admission labels new pods before a split acts
+    )
+    memo.requeues.reconciler = memo.reconciler
+    memo.resync = asyncio.create_task(resync_forever(memo.reconciler, kube, config, memo.requeues))
+    await memo.leadership.start()  # last: leading starts with a reconcile of everything
+
+
+async def stop(memo: kopf.Memo) -> None:
+    # First: no more writes from here, and the Lease free for the next leader at once.
+    await memo.leadership.stop()
+    memo.resync.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await memo.resync
+    await memo.requeues.close()
+    await memo.notifier.aclose()
+    if memo.analyzer is not None:
+        memo.analyzer.close()
+    await memo.admission.stop()
+    if memo.health is not None:
+        await memo.health.stop()
+    memo.kube.close()
+
+
+def leadership_for(
+    config: Settings, api_client: ApiClient, memo: kopf.Memo, metrics: Metrics
+) -> Leadership:
+    """The Lease election, or leading alone when it is off."""
+    if not config.leader_election:
+        log.info("leader election off: this replica reconciles alone")
+        metrics.set_leading(True)
+        return Leadership()
+    api = LeaseApi(
+        api_client, field_manager=config.field_manager, timeout=config.lease_retry_period_seconds
+    )
+
+    async def catch_up() -> None:
+        # A new leader starts from the status the last one wrote: one reconcile of each
+        # release now, rather than at the next resync.
+        await resync_once(memo.reconciler, memo.kube, config, memo.requeues)
+
+    metrics.set_leading(False)
+    return LeaseLeadership(api, config, on_lead=catch_up, on_change=metrics.set_leading)
+
+
+def health_server(config: Settings, memo: kopf.Memo) -> HealthServer | None:
+    """/healthz and /readyz where FILTERRELEASE_LIVENESS_ENDPOINT says (empty: none)."""
+    if not config.liveness_endpoint:
+        return None
+    url = urlsplit(config.liveness_endpoint)
+    checks = {
+        "FilterReleases loaded": lambda: bool(memo.splits.loaded),
+        "webhook listening": memo.admission.listening.is_set,
+    }
+    return HealthServer(
+        url.hostname or "0.0.0.0",  # noqa: S104  (a pod's probes come to its own IP)
+        url.port or 8080,
+        checks,
+        leading=lambda: bool(memo.leadership.leading),
+    )
 
 
 def analyzer_for(config: Settings, api_client: ApiClient) -> Analyzer | None:
@@ -169,12 +234,18 @@ RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 class Requeues:
     """Reconciles asked for by a decision (a canary step, a pause ending, a measurement due):
     at most one pending per release, the earliest wins. Timers, not sleeping tasks, so a
-    thousand paused rollouts cost nothing."""
+    thousand paused rollouts cost nothing. Dropped while this replica does not lead: the
+    next leader's first reconcile schedules its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, leadership: Leadership) -> None:
+        self._leadership = leadership
         self._timers: dict[tuple[str, str], tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.reconciler: Reconciler | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self._leadership.leading
 
     def schedule(self, namespace: str, name: str, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -189,7 +260,7 @@ class Requeues:
 
     def _fire(self, key: tuple[str, str]) -> None:
         self._timers.pop(key, None)
-        if self.reconciler is None:
+        if self.reconciler is None or not self._leadership.leading:
             return
         task = asyncio.create_task(reconcile_logged(self.reconciler, *key, requeues=self))
         self._tasks.add(task)
@@ -235,15 +306,26 @@ async def resync_forever(
 ) -> None:
     while True:
         await asyncio.sleep(settings.resync_seconds)
-        for namespace in settings.namespaces or (None,):
-            try:
-                releases = await kube.list_releases(namespace)
-            except KubeError as err:
-                log.warning("resync: cannot list FilterReleases: %s", err)
-                continue
-            for body in releases:
-                meta = body["metadata"]
-                # No backoff here: one failing release must not hold up the others' resync.
-                await reconcile_logged(
-                    reconciler, meta["namespace"], meta["name"], delays=(), requeues=requeues
-                )
+        await resync_once(reconciler, kube, settings, requeues)
+
+
+async def resync_once(
+    reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
+) -> None:
+    """Reconcile every release once (the leader only; a follower has nothing to do)."""
+    for namespace in settings.namespaces or (None,):
+        if not requeues.leading:
+            return
+        try:
+            releases = await kube.list_releases(namespace)
+        except KubeError as err:
+            log.warning("resync: cannot list FilterReleases: %s", err)
+            continue
+        for body in releases:
+            if not requeues.leading:
+                return
+            meta = body["metadata"]
+            # No backoff here: one failing release must not hold up the others' resync.
+            await reconcile_logged(
+                reconciler, meta["namespace"], meta["name"], delays=(), requeues=requeues
+            )

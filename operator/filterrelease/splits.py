@@ -28,6 +28,23 @@ from filterrelease.core.tracks import SplitRelease
 Key = tuple[str, str]  # (namespace, name)
 
 
+def canary_from_body(body: Mapping[str, Any]) -> SplitRelease | None:
+    """The selector of a FilterRelease that may split its pods (it has a canary strategy)."""
+    spec = body.get("spec")
+    strategy = spec.get("strategy") if isinstance(spec, Mapping) else None
+    if not isinstance(strategy, Mapping) or not strategy.get("canary"):
+        return None
+    return SplitRelease(name=str(body["metadata"]["name"]), match_labels=_match_labels(spec))
+
+
+def _match_labels(spec: Any) -> dict[str, str]:
+    selector = spec.get("selector") if isinstance(spec, Mapping) else None
+    raw = selector.get("matchLabels") if isinstance(selector, Mapping) else None
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): str(v) for k, v in raw.items() if isinstance(v, str)}
+
+
 def split_from_body(body: Mapping[str, Any]) -> SplitRelease | None:
     """The split of one FilterRelease body, None when status.split is not true.
 
@@ -37,15 +54,9 @@ def split_from_body(body: Mapping[str, Any]) -> SplitRelease | None:
     status = body.get("status")
     if not isinstance(status, Mapping) or status.get("split") is not True:
         return None
-    spec = body.get("spec")
-    selector = spec.get("selector") if isinstance(spec, Mapping) else None
-    raw = selector.get("matchLabels") if isinstance(selector, Mapping) else None
-    labels = (
-        {str(k): str(v) for k, v in raw.items() if isinstance(v, str)}
-        if isinstance(raw, Mapping)
-        else {}
+    return SplitRelease(
+        name=str(body["metadata"]["name"]), match_labels=_match_labels(body.get("spec"))
     )
-    return SplitRelease(name=str(body["metadata"]["name"]), match_labels=labels)
 
 
 class SplitRegistry:
@@ -58,6 +69,8 @@ class SplitRegistry:
         # may be older than both, does not overwrite them.
         self._touched: set[Key] = set()
         self._loaded = asyncio.Event()
+        # Releases with a canary strategy, split or not (admission.confirmed_splits).
+        self._canaries: dict[Key, SplitRelease] = {}
 
     # -- writers ---------------------------------------------------------------------------
 
@@ -68,6 +81,7 @@ class SplitRegistry:
         self._touch(key)
         seen = split_from_body(body)
         self._put(key, seen)
+        self._put_canary(key, canary_from_body(body))
         if key in self._pending and self._pending[key] == seen:
             del self._pending[key]  # the watch has caught up with the reconciler
 
@@ -90,6 +104,7 @@ class SplitRegistry:
         self._touch(key)  # a start-up list still in flight must not bring it back
         self._pending.pop(key, None)
         self._watched.pop(key, None)
+        self._canaries.pop(key, None)
 
     def load(self, bodies: Iterable[Mapping[str, Any]]) -> None:
         """The initial list of every FilterRelease; from now on the registry is complete."""
@@ -98,6 +113,7 @@ class SplitRegistry:
             key = (str(meta["namespace"]), str(meta["name"]))
             if key not in self._touched:
                 self._put(key, split_from_body(body))
+                self._put_canary(key, canary_from_body(body))
         self._touched.clear()
         self._loaded.set()
 
@@ -126,6 +142,18 @@ class SplitRegistry:
                 found.append(s)
         return tuple(sorted(found, key=lambda s: (s.name, sorted(s.match_labels.items()))))
 
+    def unsplit_canaries(self, namespace: str) -> tuple[SplitRelease, ...]:
+        """Releases of one namespace that can split but that neither the watch nor the
+        reconciler shows split: the ones a fresh read must decide for (admission.py)."""
+        split = {s.name for s in self.in_namespace(namespace)}
+        return tuple(
+            sorted(
+                (c for (ns, name), c in self._canaries.items()
+                 if ns == namespace and name not in split),
+                key=lambda c: c.name,
+            )
+        )  # fmt: skip
+
     # -- internals -------------------------------------------------------------------------
 
     def _touch(self, key: Key) -> None:
@@ -137,3 +165,9 @@ class SplitRegistry:
             self._watched.pop(key, None)
         else:
             self._watched[key] = split
+
+    def _put_canary(self, key: Key, canary: SplitRelease | None) -> None:
+        if canary is None:
+            self._canaries.pop(key, None)
+        else:
+            self._canaries[key] = canary

@@ -81,6 +81,29 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.leader = Gauge(
+            "filterrelease_leader",
+            "1 while this replica holds the Lease and reconciles, 0 while it follows.",
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "filterrelease_build_info",
+            "Always 1; the labels say which build runs.",
+            ["version", "python", "kopf"],
+            registry=self.registry,
+        )
+
+    def set_build(self, version: str, python: str, kopf: str) -> None:
+        self.build_info.labels(version, python, kopf).set(1)
+
+    def set_leading(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
+        if not leading:
+            # Per-release gauges come from the leader only: a replica that stopped leading
+            # must not go on reporting phases it no longer updates (dashboards sum replicas).
+            for gauge in (self.phase, self.canary_weight, self.rollout_step):
+                gauge.clear()
+
     def set_rollout(
         self, namespace: str, name: str, *, weight: int | None, step: int | None
     ) -> None:

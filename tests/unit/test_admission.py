@@ -15,11 +15,11 @@ from pydantic import ValidationError
 from filterrelease.admission import (
     HANDLER_ID,
     parse_labels,
-    self_signed_certificate,
     server_names,
     webhook_configuration,
 )
 from filterrelease.config import Settings
+from filterrelease.webhook_tls import self_signed_certificate
 
 CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...").decode()
 LOCAL = {"url": "https://127.0.0.1:9443", "caBundle": CA}

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -46,6 +47,17 @@ class KubeError(Exception):
         return self.status == 0 or self.status in (409, 429) or self.status >= 500
 
 
+class NotLeaderError(KubeError):
+    """A write refused because this replica does not hold the Lease (leadership.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(0, "not the leader: this replica does not write")
+
+    @property
+    def retriable(self) -> bool:
+        return False  # the leader does the work; retrying here would only repeat the refusal
+
+
 def _error(exc: Exception) -> KubeError:
     if isinstance(exc, ApiException):
         try:
@@ -73,14 +85,26 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 class KubeApi:
-    def __init__(self, api_client: client.ApiClient, field_manager: str) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        field_manager: str,
+        *,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._client = api_client
+        # Asked before every write of the reconciler's: only the leader writes (leadership.py).
+        self._may_write = may_write
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._field_manager = field_manager
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
+
+    def _fence(self) -> None:
+        if not self._may_write():
+            raise NotLeaderError
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         def run() -> Any:
@@ -127,6 +151,7 @@ class KubeApi:
         return list(found.get("items", []))
 
     async def patch_release_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self._fence()
         # A JSON merge patch of the status subresource: the spec, which belongs to the user or to
         # GitOps, is never written by the operator.
         await self._call(
@@ -153,6 +178,8 @@ class KubeApi:
         force=True takes back fields someone else changed by hand: the FilterRelease is the
         source of truth for its WasmPlugins.
         """
+        if not dry_run:
+            self._fence()
         meta = manifest["metadata"]
         body: dict[str, Any] = await self._call(
             self._custom.patch_namespaced_custom_object,
@@ -166,6 +193,7 @@ class KubeApi:
     async def delete_wasmplugin(self, namespace: str, name: str, uid: str | None) -> None:
         """Delete one WasmPlugin; with a uid, only that object (a plugin recreated under the
         same name by someone else is left alone). Gone already counts as done."""
+        self._fence()
         body: dict[str, Any] = {"preconditions": {"uid": uid}} if uid else {}
         try:
             await self._call(
@@ -193,6 +221,7 @@ class KubeApi:
 
     async def label_pod(self, namespace: str, name: str, key: str, value: str | None) -> bool:
         """Set (None: remove) one label; False when the pod is gone."""
+        self._fence()
         patch = {"metadata": {"labels": {key: value}}}
         try:
             await self._call(self._core.patch_namespaced_pod, name, namespace, patch)
@@ -204,6 +233,7 @@ class KubeApi:
 
     async def remove_release_annotation(self, namespace: str, name: str, key: str) -> None:
         """Consume a manual request: the annotation goes, the spec is never touched."""
+        self._fence()
         await self._call(
             self._custom.patch_namespaced_custom_object,
             GROUP, RELEASE_VERSION, namespace, RELEASE_PLURAL, name,
@@ -235,6 +265,7 @@ class KubeApi:
         message: str,
         now: datetime,
     ) -> None:
+        self._fence()
         meta = release["metadata"]
         stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {

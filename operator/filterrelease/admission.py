@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
 
@@ -297,6 +298,8 @@ async def publish(
 def server_names(config: Settings) -> list[str]:
     """The names the API server may call the webhook by, the one it will use first."""
     names: list[str] = []
+    if config.webhook_url and (host := urlsplit(config.webhook_url).hostname):
+        names.append(host)
     if config.webhook_host:
         names.append(config.webhook_host)
     if config.webhook_service:
@@ -334,7 +337,9 @@ def webhook_configuration(
     """The MutatingWebhookConfiguration for the pod webhook, from kopf's client config."""
     path = f"/{HANDLER_ID}"
     client: dict[str, Any] = {}
-    if config.webhook_service:
+    if config.webhook_url:
+        client["url"] = config.webhook_url.rstrip("/") + path
+    elif config.webhook_service:
         namespace, name = service_ref(config.webhook_service)
         client["service"] = {"namespace": namespace, "name": name, "port": SERVICE_PORT}
         client["service"]["path"] = path

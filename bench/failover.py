@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.release_latency import release, security_headers
+from release_latency import release, security_headers  # beside this script
 
 from filterrelease.providers.envoy import find_envoy
 from localcluster import LocalCluster

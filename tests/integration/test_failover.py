@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -77,7 +78,8 @@ class PodChurn:
     deletes it again; records every refusal with the API server's message."""
 
     def __init__(self, kubeconfig: Path, namespace: str) -> None:
-        self._api = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+        api_client = config.new_client_from_config(config_file=str(kubeconfig))  # type: ignore[no-untyped-call]
+        self._api = client.CoreV1Api(api_client)
         self._namespace = namespace
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pod churn", daemon=True)
@@ -97,7 +99,7 @@ class PodChurn:
         while not self._stop.wait(CHURN_INTERVAL):
             i += 1
             name = f"churn-{i}"
-            pod = {
+            pod: Any = {
                 "apiVersion": "v1",
                 "kind": "Pod",
                 # No sidecar (the data plane ignores it), but the namespace is meshed, so its

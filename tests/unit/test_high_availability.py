@@ -333,7 +333,7 @@ async def test_one_leader_at_a_time_and_a_clean_stop_hands_over_at_once() -> Non
         async def on_lead() -> None:
             led.append(name)
 
-        return LeaseLeadership(leases, Settings(pod_name=name, **settings), on_lead=on_lead)  # type: ignore[arg-type]
+        return LeaseLeadership(leases, Settings(pod_name=name, **settings), on_lead=on_lead)
 
     a, b = candidate("a"), candidate("b")
     await a.start()

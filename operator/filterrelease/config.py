@@ -28,6 +28,16 @@ class Settings(BaseModel):
     field_manager: str = "filterrelease"
     # Per request to an OCI registry or module URL during pre-flight.
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    # -- Registry TLS (providers/registry.py) --
+    # A PEM bundle of CAs trusted for registries and https module URLs in addition to the
+    # system's (a private registry's CA, mounted into the pod); empty: the system CAs only.
+    registry_ca_file: str = ""
+    # Registries (host[:port] as written in module URLs, comma-separated; "*" for all) whose
+    # TLS certificate is not verified: istio-agent's WASM_INSECURE_REGISTRIES, which the proxies
+    # need set the same way. Plain-http registries need no listing, there as here: a registry
+    # that answers TLS with plain HTTP is used over HTTP.
+    insecure_registries: tuple[str, ...] = ()
+    # -- end of registry TLS --
     # Load each new module/pluginConfig pair into a real Envoy before release, when an Envoy
     # binary is available (the `envoy` extra, or envoy_binary / $FILTERRELEASE_ENVOY).
     dry_run: bool = True
@@ -54,6 +64,10 @@ class Settings(BaseModel):
     # "namespace/name" of the Service in front of the webhook (port 443): the API server then
     # calls it through the Service, which works where the API server cannot resolve cluster DNS.
     webhook_service: str = ""
+    # The URL the API server calls instead of the Service or this replica's own address: a
+    # load balancer in front of every replica outside the cluster's Service network (the local
+    # cluster's failover test). Its host is named in the self-signed certificate too.
+    webhook_url: str = ""
     # A certificate of your own (e.g. cert-manager's Secret, mounted); empty: a self-signed one
     # is made at every start. The CA file is what the API server trusts (default: the cert).
     webhook_cert_file: str = ""

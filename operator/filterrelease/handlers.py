@@ -114,7 +114,11 @@ async def start(settings: kopf.OperatorSettings, config: Settings, memo: kopf.Me
     memo.health = health_server(config, memo)
     if memo.health is not None:
         await memo.health.start()
-    registry = RegistryClient(timeout=config.registry_timeout_seconds)
+    registry = RegistryClient(
+        timeout=config.registry_timeout_seconds,
+        ca_file=config.registry_ca_file,
+        insecure_registries=config.insecure_registries,
+    )
     preflight = Preflight(kube, registry, metrics, dry_run_for(config))
     memo.analyzer = analyzer_for(config, api_client)
     memo.notifier = Notifier()

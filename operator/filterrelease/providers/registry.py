@@ -1,23 +1,37 @@
 """Reading Wasm modules from OCI registries and HTTP servers, the way istio-agent fetches them.
 
-One small synchronous client (urllib; the shell runs it in a worker thread). It resolves a
-reference to its manifest, fetches blobs and verifies each against its digest, authenticates
-with a dockerconfigjson pull secret (Basic, or the Bearer-token challenge that public registries
-use), and, like istio-agent, falls back from https to plain http when the registry speaks plain
-http. Failures come out as ModuleProblem with a reason: NotFound, Unauthorized, ChecksumMismatch,
-or RegistryUnavailable for what may pass on a retry (connection refused, timeouts, 5xx).
+One small synchronous client (the shell runs it in a worker thread). It resolves a reference to
+its manifest, fetches blobs and verifies each against its digest, and authenticates with a
+dockerconfigjson pull secret: Basic, or the Bearer-token challenge that public registries use,
+tokens cached per registry, scope and secret until they expire (registry_auth.py). Redirects,
+which registries answer blob GETs with, are followed without the credentials unless they stay
+on the registry's own origin (registry_http.py).
+
+Where istio-agent has a rule, this client has the same one, so that pre-flight judges a module
+the way the proxies will fetch it (istio pkg/wasm: imagefetcher.go, httpfetcher.go, cache.go):
+- a registry that answers TLS with plain HTTP is used over plain HTTP, whichever registry it is:
+  istio-agent retries any reference with name.Insecure when the error says "server gave HTTP
+  response to HTTPS client", with the pull secret, so the proxies will fetch from it;
+- `insecure_registries` is WASM_INSECURE_REGISTRIES: hosts (host[:port], as written in the
+  module URL) whose TLS certificate is not verified, "*" for all, for oci:// and https://
+  modules alike. That is all it does in istio-agent: plain HTTP needs no listing there either;
+- `ca_file` has no istio-agent counterpart (the proxies trust their image's CAs): it lets
+  pre-flight trust a private registry's CA in addition to the system's.
+Stricter than istio-agent, on purpose: a redirect from https to http is refused, and the pull
+secret is not sent to a plain-http token realm named by an https registry.
+
+Failures come out as ModuleProblem with a reason: NotFound, Unauthorized, ChecksumMismatch, or
+RegistryUnavailable for what may pass on a retry (connection refused, timeouts, 5xx, a redirect
+that is refused). No message quotes a pull secret, a token, or a URL's userinfo or query.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import re
 import ssl
-import urllib.error
+import threading
+import time
 import urllib.parse
-import urllib.request
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from filterrelease.core.module import (
     DOCKER_LIST,
@@ -28,54 +42,54 @@ from filterrelease.core.module import (
     Reason,
     sha256_hex,
 )
+from filterrelease.providers.registry_auth import (
+    Challenge,
+    Credentials,
+    TokenAnswerError,
+    TokenCache,
+    credentials_for,
+    parse_challenge,
+    parse_token_answer,
+    scrub,
+)
+from filterrelease.providers.registry_http import (
+    MAX_MODULE_BYTES,
+    MAX_REDIRECTS,
+    Origin,
+    PlainHttp,
+    Response,
+    Transport,
+    Unreachable,
+    origin,
+    redact,
+    tls_contexts,
+    without_userinfo,
+)
 
-MAX_MODULE_BYTES = 64 * 1024 * 1024  # Envoy would not load a larger module anyway
-
-
-class Credentials:
-    """Username/password for one registry host."""
-
-    def __init__(self, username: str, password: str) -> None:
-        self.username = username
-        self.password = password
-
-    def basic(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
-
-
-def credentials_for(dockerconfigjson: bytes, registry: str) -> Credentials | None:
-    """The entry of a kubernetes.io/dockerconfigjson Secret that matches the registry host."""
-    try:
-        auths = json.loads(dockerconfigjson).get("auths", {})
-    except (ValueError, AttributeError) as err:
-        raise ModuleProblem(
-            Reason.UNAUTHORIZED, f"the pull secret is not valid JSON: {err}"
-        ) from err
-    for key, entry in auths.items():
-        host = re.sub(r"^https?://", "", key).split("/", 1)[0]
-        if host != registry:
-            continue
-        if entry.get("username") is not None:
-            return Credentials(entry["username"], entry.get("password", ""))
-        if entry.get("auth"):
-            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            return Credentials(user, password)
-    return None
-
-
-class _Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
+__all__ = ["MAX_MODULE_BYTES", "Credentials", "RegistryClient", "credentials_for"]
 
 
 class RegistryClient:
-    def __init__(self, timeout: float = 10.0) -> None:
-        self._timeout = timeout
+    def __init__(
+        self,
+        timeout: float = 10.0,
+        *,
+        ca_file: str = "",
+        insecure_registries: Iterable[str] = (),
+        clock: Callable[[], float] = time.time,
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        self._http = Transport(timeout, max_redirects=max_redirects)
+        self._verifying, self._unverified = tls_contexts(ca_file)
+        self._insecure = frozenset(h.strip().lower() for h in insecure_registries if h.strip())
+        # Wall clock: token answers say when they were issued in wall-clock time.
+        self._clock = clock
+        self._tokens = TokenCache(clock)
+        self._lock = threading.Lock()  # pulls of several releases run in threads at once
         self._scheme: dict[str, str] = {}  # registry host -> the scheme that worked
-        self._ssl = ssl.create_default_context()
+        # (registry, repository) -> the token scope the registry asked for, so that the next
+        # request there carries the cached token instead of collecting another challenge.
+        self._scopes: dict[tuple[str, str], str] = {}
 
     # -- public ---------------------------------------------------------------------------
 
@@ -109,11 +123,33 @@ class RegistryClient:
         return resp.body
 
     def download(self, url: str) -> bytes:
-        """An http(s):// module."""
+        """An http(s):// module. User:password in the URL is sent as Basic auth to that URL's
+        origin only, as istio-agent's Go client does."""
+        where = redact(url)
         try:
-            return self._request(url, {}).body
-        except _HttpError as err:
-            raise _problem(err.status, f"{url}", err.body) from err
+            bare, userinfo = without_userinfo(url)
+            trusted = origin(bare)
+        except ValueError:
+            raise ModuleProblem(Reason.NOT_FOUND, f"{where} is not an http(s) URL") from None
+        creds = Credentials(*userinfo) if userinfo else None
+        try:
+            resp = self._http.get(
+                bare,
+                {},
+                authorization=creds.basic() if creds else None,
+                tls=self._tls(urllib.parse.urlsplit(bare).netloc),
+            )
+        except PlainHttp:
+            raise ModuleProblem(
+                Reason.REGISTRY_UNAVAILABLE,
+                f"{where}: the server answers https in plain HTTP; use an http:// URL",
+            ) from None
+        except Unreachable as err:
+            raise ModuleProblem(Reason.REGISTRY_UNAVAILABLE, err.message) from None
+        if resp.status == 200:
+            return resp.body
+        hint = "the server refused the request"
+        raise _problem(resp, where, trusted, hint, creds.secrets() if creds else ())
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -125,101 +161,168 @@ class RegistryClient:
         headers: dict[str, str],
         *,
         what: str,
-    ) -> _Response:
+    ) -> Response:
         target = f"{ref.registry}/{ref.repository} {what}"
         try:
-            return self._authenticated(ref, path, creds, headers)
-        except _HttpError as err:
-            raise _problem(err.status, target, err.body, has_creds=creds is not None) from err
-
-    def _authenticated(
-        self, ref: OciRef, path: str, creds: Credentials | None, headers: dict[str, str]
-    ) -> _Response:
-        if creds is not None:
-            headers = {**headers, "Authorization": creds.basic()}
+            origin(f"https://{ref.registry}/")
+        except ValueError:  # a port that is not a number, say
+            raise ModuleProblem(
+                Reason.NOT_FOUND, f"{ref.registry} is not a valid registry host[:port]"
+            ) from None
+        secrets = list(creds.secrets()) if creds else []  # and every token used, below
         try:
-            return self._on_registry(ref.registry, path, headers)
-        except _HttpError as err:
-            challenge = err.headers.get("www-authenticate", "")
-            if err.status != 401 or not challenge.lower().startswith("bearer"):
-                raise
-        token = self._bearer_token(challenge, creds)
-        return self._on_registry(
-            ref.registry, path, {**headers, "Authorization": f"Bearer {token}"}
+            resp = self._authorized(ref, path, creds, headers, target=target, secrets=secrets)
+        except Unreachable as err:
+            raise ModuleProblem(Reason.REGISTRY_UNAVAILABLE, f"{target}: {err.message}") from None
+        if resp.status == 200:
+            return resp
+        with self._lock:
+            scheme = self._scheme.get(ref.registry, "https")
+        trusted = origin(f"{scheme}://{ref.registry}/")
+        raise _problem(resp, target, trusted, _auth_hint(creds), secrets)
+
+    def _authorized(
+        self,
+        ref: OciRef,
+        path: str,
+        creds: Credentials | None,
+        headers: dict[str, str],
+        *,
+        target: str,
+        secrets: list[str],
+    ) -> Response:
+        identity = creds.identity() if creds else ""
+        with self._lock:
+            scope = self._scopes.get((ref.registry, ref.repository))
+        cached = self._tokens.get((ref.registry, scope, identity)) if scope is not None else None
+        if cached is not None:
+            secrets.append(cached)
+            authorization: str | None = f"Bearer {cached}"
+        else:
+            authorization = creds.basic() if creds else None
+        resp = self._on_registry(ref.registry, path, headers, authorization)
+        challenge = parse_challenge(resp.headers.get("www-authenticate", ""))
+        if resp.status != 401 or challenge is None or challenge.scheme != "bearer":
+            return resp
+        # First contact, a token that expired early or was revoked, or a scope we did not
+        # know: a token for what the registry asks for now, and one more try.
+        if cached is not None and scope is not None:
+            self._tokens.discard((ref.registry, scope, identity), cached)
+        scope = challenge.params.get("scope", "")
+        with self._lock:
+            self._scopes[(ref.registry, ref.repository)] = scope
+        token = self._token(ref.registry, challenge, creds, target)
+        secrets.append(token)
+        return self._on_registry(ref.registry, path, headers, f"Bearer {token}")
+
+    def _token(
+        self, registry: str, challenge: Challenge, creds: Credentials | None, target: str
+    ) -> str:
+        """A Bearer token from the realm the registry named (distribution's token spec: GET
+        with service and scope, Basic credentials when we have them), cached until it
+        expires."""
+        realm = challenge.params.get("realm", "")
+        try:
+            realm_scheme = origin(realm)[0]
+        except ValueError:
+            raise ModuleProblem(
+                Reason.UNAUTHORIZED,
+                f"{target}: the registry asks for a Bearer token but names no http(s) realm",
+            ) from None
+        with self._lock:
+            registry_scheme = self._scheme.get(registry)
+        if realm_scheme == "http" and registry_scheme == "https" and creds is not None:
+            raise ModuleProblem(
+                Reason.UNAUTHORIZED,
+                f"{target}: the registry is https but its token realm {redact(realm)} is plain "
+                "http; the pull secret is not sent there in clear text",
+            )
+        scope = challenge.params.get("scope", "")
+        query = [("service", s) for s in [challenge.params.get("service", "")] if s]
+        query += [("scope", s) for s in scope.split()]
+        joiner = "&" if "?" in realm else "?"
+        url = f"{realm}{joiner}{urllib.parse.urlencode(query)}" if query else realm
+        where = f"{target}: the token endpoint {redact(realm)}"
+        requested = self._clock()
+        try:
+            resp = self._http.get(
+                url, {}, authorization=creds.basic() if creds else None, tls=self._tls(registry)
+            )
+        except PlainHttp:
+            raise ModuleProblem(
+                Reason.REGISTRY_UNAVAILABLE, f"{where} answers https in plain HTTP"
+            ) from None
+        # Nothing the token endpoint says is quoted: it may echo the credentials it was sent.
+        if resp.status == 200:
+            try:
+                token = parse_token_answer(resp.body, requested)
+            except TokenAnswerError as err:
+                raise ModuleProblem(
+                    Reason.UNAUTHORIZED, f"{where} answered with no usable token ({err})"
+                ) from None
+            self._tokens.put((registry, scope, creds.identity() if creds else ""), token)
+            return token.value
+        if resp.status >= 500 or resp.status == 429:
+            raise ModuleProblem(Reason.REGISTRY_UNAVAILABLE, f"{where} answered HTTP {resp.status}")
+        raise ModuleProblem(
+            Reason.UNAUTHORIZED, f"{where} answered HTTP {resp.status}; {_auth_hint(creds)}"
         )
 
-    def _bearer_token(self, challenge: str, creds: Credentials | None) -> str:
-        params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
-        realm = params.pop("realm", "")
-        if not realm:
-            raise _HttpError(401, {}, b"bearer challenge without realm")
-        url = realm + "?" + urllib.parse.urlencode(params)
-        resp = self._request(url, {"Authorization": creds.basic()} if creds else {})
-        body: dict[str, Any] = json.loads(resp.body)
-        return str(body.get("token") or body.get("access_token") or "")
-
-    def _on_registry(self, registry: str, path: str, headers: dict[str, str]) -> _Response:
-        scheme = self._scheme.get(registry)
-        if scheme:
-            return self._request(f"{scheme}://{registry}{path}", headers)
+    def _on_registry(
+        self, registry: str, path: str, headers: dict[str, str], authorization: str | None
+    ) -> Response:
+        tls = self._tls(registry)
+        with self._lock:
+            scheme = self._scheme.get(registry)
+        if scheme == "http":
+            url = f"http://{registry}{path}"
+            return self._http.get(url, headers, authorization=authorization, tls=tls)
+        # Unknown yet, or https so far: a registry that has since moved to plain HTTP is
+        # followed there too rather than failing on a stale memo.
         try:
-            resp = self._request(f"https://{registry}{path}", headers)
-        except _PlainHttpError:
-            # As istio-agent does: a registry that answers TLS with plain http is plain http.
-            resp = self._request(f"http://{registry}{path}", headers)
-            self._scheme[registry] = "http"
-            return resp
-        self._scheme[registry] = "https"
+            url = f"https://{registry}{path}"
+            resp = self._http.get(url, headers, authorization=authorization, tls=tls)
+            scheme = "https"
+        except PlainHttp:
+            # As istio-agent does, for any registry (see the module's docstring).
+            url = f"http://{registry}{path}"
+            resp = self._http.get(url, headers, authorization=authorization, tls=tls)
+            scheme = "http"
+        with self._lock:
+            self._scheme[registry] = scheme
         return resp
 
-    def _request(self, url: str, headers: dict[str, str]) -> _Response:
-        request = urllib.request.Request(url, headers=headers)  # noqa: S310  (http(s) only)
-        try:
-            with urllib.request.urlopen(  # noqa: S310
-                request, timeout=self._timeout, context=self._ssl
-            ) as resp:
-                body = resp.read(MAX_MODULE_BYTES + 1)
-                return _Response(resp.status, _lower(resp.headers.items()), body)
-        except urllib.error.HTTPError as err:
-            raise _HttpError(err.code, _lower(err.headers.items()), err.read(4096)) from err
-        except urllib.error.URLError as err:
-            if isinstance(err.reason, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(err.reason):
-                raise _PlainHttpError from err
-            raise ModuleProblem(
-                Reason.REGISTRY_UNAVAILABLE, f"cannot reach {url}: {err.reason}"
-            ) from err
-        except (TimeoutError, ConnectionError) as err:
-            raise ModuleProblem(Reason.REGISTRY_UNAVAILABLE, f"cannot reach {url}: {err}") from err
+    def _tls(self, host: str) -> ssl.SSLContext:
+        insecure = "*" in self._insecure or host.lower() in self._insecure
+        return self._unverified if insecure else self._verifying
 
 
-class _HttpError(Exception):
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        super().__init__(status)
-        self.status = status
-        self.headers = headers
-        self.body = body
+def _auth_hint(creds: Credentials | None) -> str:
+    if creds is not None:
+        return "the credentials in spec.module.imagePullSecret were refused"
+    return (
+        "the registry needs credentials: set spec.module.imagePullSecret to a "
+        "kubernetes.io/dockerconfigjson Secret in the release's namespace"
+    )
 
 
-class _PlainHttpError(Exception):
-    pass
-
-
-def _lower(items: Any) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in items}
-
-
-def _problem(status: int, target: str, body: bytes, *, has_creds: bool = False) -> ModuleProblem:
-    detail = body.decode("utf-8", "replace").strip()[:300]
+def _problem(
+    resp: Response, target: str, trusted: Origin, auth_hint: str, secrets: Iterable[str]
+) -> ModuleProblem:
+    """The verdict on a final answer that is not 200."""
+    status = resp.status
+    if origin(resp.url) != trusted:
+        # Storage the registry redirected to: its refusals say nothing of the pull secret
+        # (it never saw it), and its error text may quote the presigned URL's signature.
+        source = f"HTTP {status} from {redact(resp.url)}, where the registry redirected"
+        if status == 404:
+            return ModuleProblem(Reason.NOT_FOUND, f"{target}: {source}")
+        return ModuleProblem(Reason.REGISTRY_UNAVAILABLE, f"{target}: {source}")
+    detail = scrub(resp.body.decode("utf-8", "replace"), secrets).strip()[:300]
     if status == 404:
         return ModuleProblem(Reason.NOT_FOUND, f"{target} does not exist (404): check the tag")
     if status in (401, 403):
-        hint = (
-            "the credentials in spec.module.imagePullSecret were refused"
-            if has_creds
-            else "the registry needs credentials: set spec.module.imagePullSecret to a "
-            "kubernetes.io/dockerconfigjson Secret in the release's namespace"
-        )
-        return ModuleProblem(Reason.UNAUTHORIZED, f"{target}: HTTP {status}; {hint}")
+        return ModuleProblem(Reason.UNAUTHORIZED, f"{target}: HTTP {status}; {auth_hint}")
     if status >= 500 or status == 429:
         return ModuleProblem(
             Reason.REGISTRY_UNAVAILABLE, f"{target}: the registry answered HTTP {status} {detail}"

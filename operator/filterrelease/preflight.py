@@ -59,6 +59,10 @@ class Preflight:
         self._dry_run = dry_run
         # manifest digest (oci) or module sha256 (http) -> (layout, abi) of a verified module
         self._verified: dict[str, tuple[str, str]] = {}
+        # (manifest digest, (namespace, pull secret) or None for anonymous) that the registry
+        # served a manifest to: a pinned module is only taken as fetchable by a release whose
+        # own credentials (or none) were seen to work for it.
+        self._pulled: set[tuple[str, tuple[str, str] | None]] = set()
         self._modules: OrderedDict[str, bytes] = OrderedDict()
         # (sha256, pluginConfig as passed) -> the dry run's verdict (None: it ran fine)
         self._dry_runs: dict[tuple[str, str], ModuleProblem | None] = {}
@@ -94,7 +98,15 @@ class Preflight:
         ref = parse_oci(module.url)
         if reuse is not None:
             ref = ref.model_copy(update={"digest": "sha256:" + reuse.sha256})
-        if ref.digest and ref.digest.removeprefix("sha256:") in self._verified:
+        # Who pulls: anonymous pulls work for every namespace, a pull secret only for the
+        # releases that name it. A module verified with one namespace's secret says nothing
+        # about whether another release's proxies (another secret, or none) may pull it.
+        access = (namespace, module.image_pull_secret) if module.image_pull_secret else None
+        if (
+            ref.digest
+            and ref.digest.removeprefix("sha256:") in self._verified
+            and (ref.digest.removeprefix("sha256:"), access) in self._pulled
+        ):
             digest = ref.digest  # pinned and verified before: nothing to ask the registry
         else:
             creds = await self._credentials(namespace, module, ref.registry)
@@ -110,6 +122,7 @@ class Preflight:
                 abi = check_wasm(data)
                 self._verified[digest.removeprefix("sha256:")] = (choice.layout, abi)
                 self._remember(digest.removeprefix("sha256:"), data)
+        self._pulled.add((digest.removeprefix("sha256:"), access))
         layout, abi = self._verified[digest.removeprefix("sha256:")]
         return VerifiedModule(
             source_url=module.url,
@@ -149,6 +162,7 @@ class Preflight:
         while len(self._modules) > MODULE_CACHE_SIZE:
             evicted, _ = self._modules.popitem(last=False)
             self._verified.pop(evicted, None)  # verified again, with its bytes, when needed
+            self._pulled = {p for p in self._pulled if p[0] != evicted}
 
     async def _dry_run_check(
         self,

@@ -14,7 +14,7 @@ RUN := $(UV) run --locked
 help:
 	@echo "make demo   build and start the local cluster, run the operator, release an example filter"
 	@echo "make test   lint, types, layering, unit and integration tests (real control plane)"
-	@echo "make lint | typecheck | unit | integration | testbed | fmt"
+	@echo "make lint | typecheck | unit | integration | testbed | image | fmt"
 
 $(CURDIR)/.tools/bin/uv:
 	@echo "== installing uv into .tools/ (no uv on PATH)"
@@ -59,9 +59,25 @@ unit: deps
 	$(RUN) pytest tests/unit -q
 
 .PHONY: integration
-integration: deps testbed filters
+integration: deps testbed filters image
 	@echo "== integration tests on the local control plane (one cluster per Istio CRD version)"
 	$(RUN) pytest tests/integration -q -m integration
+
+# The operator image (README "The image"), built with buildah from the public base or, where no
+# image registry is reachable, from a base made here out of Debian packages; the integration
+# tests run the operator from it (tests/integration/test_image.py finds it by this name).
+FILTERRELEASE_IMAGE ?= localhost/filterrelease:dev
+export FILTERRELEASE_IMAGE
+
+.PHONY: image
+image:
+	@export PATH="$$PATH:/usr/sbin:/sbin"; missing=""; for p in buildah debootstrap; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "== installing Debian packages:$$missing (image builds without a Docker engine)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "run: sudo apt-get install$$missing"; exit 1; fi; fi
+	@echo "== the operator image $(FILTERRELEASE_IMAGE) (testbed/image/build.sh; base and layers cached)"
+	bash testbed/image/build.sh $(FILTERRELEASE_IMAGE)
 
 .PHONY: filters
 filters:
@@ -97,6 +113,7 @@ bench: deps testbed filters
 	PYTHONPATH=testbed $(RUN) python bench/release_latency.py
 	PYTHONPATH=testbed $(RUN) python bench/mesh_scale.py
 	PYTHONPATH=testbed:. $(RUN) python bench/canary_rollback.py $(CANARY_BENCH_ARGS)
+	PYTHONPATH=testbed:. $(RUN) python bench/failover.py
 
 # Publish a filter build the way Istio can fetch it, without docker:
 #   make publish FILTER=security-headers REGISTRY=127.0.0.1:5000 TAG=v1.1.0 [LAYOUT=oci-wasm]

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # kopf's own peering would pause every replica but one, webhook included; our Lease
         # (leadership.py) stops only the reconciles, so followers keep serving admissions.
         standalone=True,
+        # kopf would otherwise name itself from getpass.getuser(), which fails for a UID with
+        # no passwd entry (any runAsUser a pod may be given).
+        identity=settings.identity,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         # Our probes (health.py) replace kopf's liveness endpoint: they also say readiness.

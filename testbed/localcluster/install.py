@@ -58,9 +58,15 @@ def istio_crd_dir() -> Path:
 def install_istio_crds(cluster: LocalCluster, version: str) -> None:
     path = istio_crd_dir() / ISTIO_CRD_FILES[version]
     cluster.kubectl("apply", "--server-side", "-f", str(path))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/wasmplugins.extensions.istio.io",
+    # `kubectl wait` fails at once on a CRD that has no conditions yet: retry it until the
+    # CRD is established.
+    cluster.wait_for(
+        lambda: cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/wasmplugins.extensions.istio.io", check=False,
+        ).returncode == 0,
+        timeout=90,
+        what="the WasmPlugin CRD established",
     )  # fmt: skip
 
 

@@ -313,6 +313,9 @@ class MeshAgent(StartStop):
             service_cluster=f"{labels.get('app', name)}.{namespace}",
         )
         self._sidecars[(namespace, name)] = sidecar
+        # pod.json before the sidecar can serve (and write its port file): a reader that finds
+        # the port finds the pod's identity too, however late this thread gets to run again.
+        sidecar.write_pod(pod)
         sidecar.start()
         self.log.info(f"pod {namespace}/{name} is Running: starting its sidecar", scope="default")
         return sidecar

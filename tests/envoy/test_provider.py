@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -175,13 +177,94 @@ def test_process_inline_config_fixed_base_id_and_stop(upstream_port: int, tmp_pa
         os.killpg(pid, 0)
 
 
+def never_ready_config(upstream_port: int, xds_port: int) -> dict[str, Any]:
+    """A bootstrap Envoy runs but can never call ready: its listeners come over gRPC LDS from a
+    port that refuses connections, and initial_fetch_timeout 0s makes Envoy wait for that
+    first answer forever (a refused stream does not end the wait; it is retried)."""
+    config = bootstrap_config(listener_port=0, upstream_port=upstream_port)
+    del config["static_resources"]["listeners"]
+    config["static_resources"]["clusters"].append(
+        {
+            "name": "xds",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            },
+            "load_assignment": {
+                "cluster_name": "xds",
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {
+                                "endpoint": {
+                                    "address": {
+                                        "socket_address": {
+                                            "address": "127.0.0.1",
+                                            "port_value": xds_port,
+                                        }
+                                    }
+                                }
+                            }
+                        ]
+                    }
+                ],
+            },
+        }
+    )
+    config["dynamic_resources"] = {
+        "lds_config": {
+            "resource_api_version": "V3",
+            "initial_fetch_timeout": "0s",
+            "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
+            },
+        }
+    }
+    return config
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    # Bound but not listening: connections are refused, and nobody else can take the port.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
 @pytest.mark.envoy
-def test_process_not_ready_in_time_is_stopped(upstream_port: int, tmp_path: Path) -> None:
-    proc = EnvoyProcess(bootstrap_config(listener_port=0, upstream_port=upstream_port), tmp_path)
+def test_envoy_validates_the_never_ready_bootstrap(
+    upstream_port: int, refusing_port: int, tmp_path: Path
+) -> None:
+    """The configuration below is one Envoy accepts: not being ready is all that is wrong."""
+    result = validate_config(never_ready_config(upstream_port, refusing_port), tmp_path)
+    assert result.ok, result.output[-3000:]
+
+
+@pytest.mark.envoy
+def test_process_not_ready_in_time_is_stopped(
+    upstream_port: int, refusing_port: int, tmp_path: Path
+) -> None:
+    """An Envoy that runs but never becomes ready: start() gives up at its deadline, not
+    before, and stops the process. Deterministic on any machine: no speed makes it ready."""
+    config = never_ready_config(upstream_port, refusing_port)
+    proc = EnvoyProcess(config, tmp_path)
     try:
-        with pytest.raises(EnvoyError, match="not ready after"):
-            proc.start(timeout=0.001)
+        started = time.monotonic()
+        with pytest.raises(EnvoyError, match=r"not ready after 1s"):
+            proc.start(timeout=1.0)
+        assert time.monotonic() - started >= 1.0
         assert not proc.alive()
+        pid = proc.pid
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
     finally:
         proc.stop()
 

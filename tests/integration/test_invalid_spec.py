@@ -14,10 +14,10 @@ from tests.integration.conftest import Published, apply_json, get_json
 from tests.integration.test_operator import (
     TIMEOUT,
     condition,
-    events,
     example,
     plugin,
     release,
+    wait_events,
     wait_ready,
 )
 
@@ -75,7 +75,5 @@ def test_a_spec_only_the_operator_can_refuse_changes_nothing(
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     plugins = istio_cluster.kubectl("get", "wasmplugins", "-n", namespace, "-o", "name").stdout
     assert plugins.split() == ["wasmplugin.extensions.istio.io/security-headers"]
-    warnings = [
-        e for e in events(istio_cluster, namespace, "security-headers") if e[0] == "Warning"
-    ]
-    assert [e[1] for e in warnings] == ["InvalidSpec"]
+    found = wait_events(istio_cluster, namespace, "security-headers", "InvalidSpec")
+    assert [e[1] for e in found if e[0] == "Warning"] == ["InvalidSpec"]

@@ -286,7 +286,7 @@ def test_plugin_reaches_the_selected_pods_only(
         lambda: any(
             e["x_filter_version"] == "a-1.1" for e in access_entries(agent, mesh_ns, "a-1")
         ),
-        5,
+        20,
         "the access log line",
     )
     entry = next(e for e in access_entries(agent, mesh_ns, "a-1") if e["x_filter_version"])
@@ -416,7 +416,7 @@ def test_unfetchable_module_fails_closed_or_open(
     def denied() -> list[dict[str, Any]]:
         return [e for e in access_entries(agent, mesh_ns, "closed-1") if e["response_code"] == 403]
 
-    wait_until(lambda: len(denied()) >= 10, 5, "403s in the access log")
+    wait_until(lambda: len(denied()) >= 10, 20, "403s in the access log")
     assert all(e["upstream_host"] is None for e in denied())
     assert all(e["response_code_details"].startswith("rbac_access_denied") for e in denied())
 
@@ -455,7 +455,7 @@ def test_panicking_module_gives_503(
             e["response_code_details"] == "wasm_fail_stream"
             for e in access_entries(agent, mesh_ns, "p-1")
         ),
-        5,
+        20,
         "wasm_fail_stream in the access log",
     )
     envoy_log = (layout.pod_dir(agent.workdir, mesh_ns, "p-1") / layout.ENVOY_LOG).read_text()

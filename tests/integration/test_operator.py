@@ -89,6 +89,23 @@ def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, 
     return [(e["type"], e["reason"], e["message"]) for e in found["items"]]
 
 
+def wait_events(
+    cluster: LocalCluster, namespace: str, name: str, *reasons: str
+) -> list[tuple[str, str, str]]:
+    """The object's Events (type, reason, message) once there is one of every reason given.
+    The operator writes a decision's status before it posts the decision's Events (an operator
+    killed in between loses an Event, never a step), so a test that has seen the status can be
+    ahead of the Events by an API call: it waits for them as for any other observable state."""
+    found: list[tuple[str, str, str]] = []
+
+    def all_there() -> bool:
+        found[:] = events(cluster, namespace, name)
+        return set(reasons) <= {e[1] for e in found}
+
+    cluster.wait_for(all_there, timeout=TIMEOUT, what=f"Events {reasons} of {namespace}/{name}")
+    return found
+
+
 @pytest.mark.usefixtures("operator")
 class TestLifecycle:
     def test_create_renders_the_exact_wasmplugin(
@@ -126,9 +143,8 @@ class TestLifecycle:
             "Degraded": "False",
             "ModuleVerified": "True",
         }
-        assert ("Normal", "Created") in [
-            e[:2] for e in events(istio_cluster, namespace, "security-headers")
-        ]
+        found = wait_events(istio_cluster, namespace, "security-headers", "Created")
+        assert ("Normal", "Created") in [e[:2] for e in found]
         # The release's own object is untouched by the operator: no finalizer, no annotation.
         assert "finalizers" not in body["metadata"]
         assert set(body["metadata"]["annotations"]) == {
@@ -161,9 +177,8 @@ class TestLifecycle:
             "message": condition(body, "Ready")["message"],  # type: ignore[index]
             "observedGeneration": 2,
         }
-        assert ("Normal", "Updated") in [
-            e[:2] for e in events(istio_cluster, namespace, "security-headers")
-        ]
+        found = wait_events(istio_cluster, namespace, "security-headers", "Updated")
+        assert ("Normal", "Updated") in [e[:2] for e in found]
 
     def test_resync_of_an_unchanged_release_writes_nothing(
         self,
@@ -236,9 +251,8 @@ class TestLifecycle:
         assert "is not owned by this FilterRelease" in body["status"]["message"]
         live = plugin(istio_cluster, namespace, "security-headers")
         assert live["spec"] == foreign["spec"]
-        assert ("Warning", "Conflict") in [
-            e[:2] for e in events(istio_cluster, namespace, "security-headers")
-        ]
+        found = wait_events(istio_cluster, namespace, "security-headers", "Conflict")
+        assert ("Warning", "Conflict") in [e[:2] for e in found]
 
 
 def test_rendered_wasmplugins_of_every_example_pass_istios_crd(

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 import pytest
 
 from localcluster import LocalCluster
-from localcluster.network import free_ports
 from localcluster.oci_publish import ACCEPTED_LAYOUTS, REJECTED_LAYOUTS, publish
 from localcluster.operator_process import OperatorProcess
 from localcluster.registry import Registry
@@ -24,10 +23,10 @@ from tests.integration.conftest import Published, apply_json
 from tests.integration.test_operator import (
     TIMEOUT,
     condition,
-    events,
     example,
     plugin,
     release,
+    wait_events,
     wait_ready,
 )
 from tests.unit.test_module import wasm_module
@@ -136,7 +135,8 @@ def test_bad_module_is_reported_and_the_applied_plugin_untouched(
     assert "the proxies keep version v1.1.0" in body["status"]["message"]
     after = plugin(istio_cluster, namespace, NAME)
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
-    assert ("Warning", "ModuleRejected") in [e[:2] for e in events(istio_cluster, namespace, NAME)]
+    found = wait_events(istio_cluster, namespace, NAME, "ModuleRejected")
+    assert ("Warning", "ModuleRejected") in [e[:2] for e in found]
 
 
 def _dockerconfig(registry: str, user: str, password: str) -> str:
@@ -192,6 +192,44 @@ def test_pull_secret_is_honoured(
     live = plugin(istio_cluster, namespace, NAME)["spec"]
     assert live["imagePullSecret"] == "registry-creds"  # the proxies need it too
     assert live["url"].endswith(digest)
+
+
+def test_a_module_verified_with_one_release_s_secret_is_not_taken_as_pullable_by_another(
+    istio_cluster: LocalCluster, namespace: str, published: Published
+) -> None:
+    """Pre-flight remembers verified modules, but not across credentials: a release in another
+    namespace that pins the same private digest without a pull secret is refused, as its
+    proxies would be, instead of being waved through on the first release's verification."""
+    reg = istio_cluster.auth_registry
+    user, password = istio_cluster.registry_credentials
+    digest = publish(
+        reg.host, "private/shared", "v1", published.modules["security-headers"],
+        "oci-compat", auth=(user, password),
+    )  # fmt: skip
+    pinned = f"oci://{reg.host}/private/shared@{digest}"
+    _secret(istio_cluster, namespace, _dockerconfig(reg.host, user, password))
+    body = release_with(namespace, published, pinned)
+    body["spec"]["module"]["imagePullSecret"] = "registry-creds"
+    assert apply_json(istio_cluster, body).returncode == 0
+    wait_ready(istio_cluster, namespace, NAME, generation=1)
+
+    other = f"{namespace}-nosecret"
+    istio_cluster.kubectl("create", "namespace", other)
+    try:
+        assert apply_json(istio_cluster, release_with(other, published, pinned)).returncode == 0
+
+        def reason() -> str | None:
+            c = condition(release(istio_cluster, other, NAME), "ModuleVerified")
+            return f"{c['status']}/{c['reason']}: {c['message']}" if c else None
+
+        istio_cluster.wait_for(
+            lambda: "needs credentials" in (reason() or ""),
+            timeout=TIMEOUT,
+            what="Unauthorized without a pull secret",
+        )
+        assert plugin(istio_cluster, other, NAME) is None
+    finally:
+        istio_cluster.kubectl("delete", "namespace", other, "--wait=false")
 
 
 @pytest.fixture
@@ -277,8 +315,10 @@ class _ModuleServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def module_server(published: Published) -> Iterator[str]:
     _ModuleServer.modules = {"/security-headers.wasm": published.modules["security-headers"]}
-    [port] = free_ports(1)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _ModuleServer)
+    # Port 0: the kernel's choice, bound at once (a port picked, closed and bound again later
+    # could be taken in between).
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModuleServer)
+    port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -7,20 +7,20 @@ recovers on its own once the webhook is back."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from localcluster import LocalCluster
-from localcluster.network import free_ports
 from tests.integration.conftest import Published, apply_json
 from tests.integration.test_operator import (
     TIMEOUT,
     condition,
-    events,
     example,
     plugin,
     release,
+    wait_events,
     wait_ready,
 )
 
@@ -33,7 +33,11 @@ class WasmPluginWebhook:
     def __init__(self, cluster: LocalCluster, namespace: str) -> None:
         self.cluster = cluster
         self.name = f"wasmplugin-validation-{namespace}"
-        [closed_port] = free_ports(1)  # nothing listens there
+        # Bound but never listening, until close(): the API server's calls are refused, and no
+        # other process can start listening on the port meanwhile.
+        self._closed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._closed.bind(("127.0.0.1", 0))
+        closed_port = self._closed.getsockname()[1]
         self.config = {
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "ValidatingWebhookConfiguration",
@@ -69,6 +73,9 @@ class WasmPluginWebhook:
             "delete", "validatingwebhookconfiguration", self.name, "--ignore-not-found"
         )
 
+    def close(self) -> None:
+        self._closed.close()
+
 
 @pytest.fixture
 def webhook(istio_cluster: LocalCluster, namespace: str) -> Iterator[WasmPluginWebhook]:
@@ -76,7 +83,10 @@ def webhook(istio_cluster: LocalCluster, namespace: str) -> Iterator[WasmPluginW
     try:
         yield hook
     finally:
-        hook.up()
+        try:
+            hook.up()
+        finally:
+            hook.close()
 
 
 @pytest.mark.usefixtures("operator")
@@ -119,9 +129,9 @@ def test_transient_write_failure_holds_then_recovers(
     assert plugin(istio_cluster, namespace, "security-headers")["spec"]["url"] == published.pinned(
         "v1.1.0"
     )
-    reasons = [e[1] for e in events(istio_cluster, namespace, "security-headers")]
-    assert "WriteRetrying" in reasons
-    assert "ProgressDeadlineExceeded" in reasons
+    wait_events(
+        istio_cluster, namespace, "security-headers", "WriteRetrying", "ProgressDeadlineExceeded"
+    )
 
     webhook.up()
     body = wait_ready(istio_cluster, namespace, "security-headers", generation=2)

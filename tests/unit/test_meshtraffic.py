@@ -5,7 +5,9 @@ bookkeeping (against an in-process loopback server)."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -581,18 +583,27 @@ def test_loadgen_round_robin_counts_and_callback(servers: list[int]) -> None:
     assert all(port == servers[int(pod[-1])] for pod, port in seen)
 
 
-def test_loadgen_counts_codes_and_connection_errors(servers: list[int], tmp_path: Path) -> None:
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    # Bound but not listening: connections are refused, and while the test runs no other
+    # process can take the port (a port merely closed again could be listened on meanwhile).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def test_loadgen_counts_codes_and_connection_errors(
+    servers: list[int], refusing_port: int, tmp_path: Path
+) -> None:
     # A pod whose port nothing listens on: its requests fail to connect.
-    closed = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    dead_port = int(closed.server_address[1])
-    closed.server_close()
-    for name, port in (("a", servers[0]), ("b", dead_port)):
+    for name, port in (("a", servers[0]), ("b", refusing_port)):
         (tmp_path / "shop" / name).mkdir(parents=True)
         (tmp_path / "shop" / name / "port").write_text(f"{port}\n")
     source = workdir_endpoints(tmp_path, "shop", pods=["a", "b", "not-up"])
     assert [e.pod for e in source()] == ["a", "b"]
     with LoadGenerator(source, rate=100, count=10, path="/fail") as gen:
         result = gen.wait(30)
+    assert gen.done
     assert result.sent == {("shop", "a"): 5, ("shop", "b"): 5}
     assert result.responses == {("shop", "a"): {503: 5}}
     assert result.errors == {("shop", "b"): {"ConnectionRefusedError": 5}}
@@ -600,12 +611,29 @@ def test_loadgen_counts_codes_and_connection_errors(servers: list[int], tmp_path
 
 
 def test_loadgen_stops_by_duration_and_paces(servers: list[int]) -> None:
+    """20 req/s for 1 s: request n has its slot at (n - 1) / 20 s, so there are at most 20, and
+    none is sent before its slot. How many slots a busy machine fills before the second is over
+    is not asserted (a slot reached too late is skipped, by design); that none is early is."""
     eps = static_endpoints([Endpoint("shop", "web", servers[0])])
-    result = LoadGenerator(eps, rate=20, duration=1.0).run()
-    # 20 req/s for 1 s: requests at t = 0, 0.05, ..., 0.95.
-    assert 18 <= result.total_sent <= 20
+    left_at: dict[int, float] = {}
+    lock = threading.Lock()
+
+    def on_response(resp: Any) -> None:
+        # When the request left: its latency back from now (never later than the real time).
+        left = time.monotonic() - resp.latency_s
+        with lock:
+            left_at[resp.seq] = left
+
+    before = time.monotonic()
+    gen = LoadGenerator(eps, rate=20, duration=1.0, on_response=on_response)
+    result = gen.run()
+    assert gen.done  # without a count only its duration can have ended it
+    assert 1 <= result.total_sent <= 20
     assert result.total_responses == result.total_sent
-    assert result.elapsed_s < 3
+    assert sorted(left_at) == list(range(1, result.total_sent + 1))
+    rounding = 1e-3  # of the float clock readings: no time is allowed here
+    early = {n: t - before for n, t in left_at.items() if t < before + (n - 1) / 20 - rounding}
+    assert not early, early
 
 
 def test_loadgen_without_endpoints_and_bounds() -> None:

@@ -443,10 +443,13 @@ class EnvoyProcess:
                 )
             if self._ready():
                 return
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 self.stop()
                 raise EnvoyError(f"envoy not ready after {timeout:g}s:\n{self.log_tail()}")
-            time.sleep(0.05)
+            # Never past the deadline: the last probe is the one at the deadline, so `timeout`
+            # is kept to within one probe, also when it is shorter than the poll interval.
+            time.sleep(min(0.05, deadline - now))
 
     def wait_exit(self, timeout: float) -> int | None:
         """Wait up to `timeout` s for Envoy to exit on its own; its status, or None."""

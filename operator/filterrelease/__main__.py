@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 import kopf
+from kopf._core.engines.peering import Identity  # kopf does not re-export its NewType
 
 from filterrelease.build import build_versions
 from filterrelease.config import PREFIX, Settings
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         standalone=True,
         # kopf would otherwise name itself from getpass.getuser(), which fails for a UID with
         # no passwd entry (any runAsUser a pod may be given).
-        identity=settings.identity,
+        identity=Identity(settings.identity),
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         # Our probes (health.py) replace kopf's liveness endpoint: they also say readiness.

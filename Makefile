@@ -43,7 +43,7 @@ lint: deps
 	@echo "== ruff, import-linter, gofmt, go vet"
 	$(RUN) ruff check operator testbed tests docs bench
 	$(RUN) ruff format --check operator testbed tests docs bench
-	$(RUN) lint-imports
+	PYTHONPATH=testbed $(RUN) lint-imports
 	@test -z "$$(gofmt -l testbed filters)" || { gofmt -l testbed filters; echo "gofmt: files above need formatting"; exit 1; }
 	cd testbed && go vet ./...
 

@@ -54,6 +54,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from filterrelease.core.promql import wasm_queries
+from meshtraffic.loadgen import Response
 from tests.integration.test_canary_e2e import (
     CHAIN,
     NS,
@@ -77,9 +79,6 @@ from tests.integration.test_canary_faults import (
     wait_rolled_back,
 )
 from tests.integration.test_meshtraffic import poll
-
-from filterrelease.core.promql import wasm_queries
-from meshtraffic.loadgen import Response
 
 REPO = Path(__file__).resolve().parents[1]
 # The latency bound of test_canary_e2e's ANALYSIS (latencyP99 maxMilliseconds): slower is bad.

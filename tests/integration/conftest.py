@@ -12,15 +12,11 @@ from typing import Any
 
 import pytest
 
+from devcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
-from localcluster.install import (
-    ISTIO_VERSIONS,
-    OPERATOR_NAMESPACE,
-    install_filterrelease,
-    install_istio_crds,
-)
+from localcluster.istio import ISTIO_VERSIONS, install_istio_crds
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 from meshtraffic.podlogs import KWOK_CONFIG_YAML, logs_crd_manifest
 
 # The operator resyncs every release this often in the tests, so a test can watch resyncs happen.

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from localcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 from meshtraffic.loadgen import LoadGenerator, Response, workdir_endpoints
 from tests.integration.conftest import with_custom_section
 from tests.integration.test_meshtraffic import list_pods, poll

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from kubernetes import client, config, watch
 
+from devcluster.operator_process import OperatorProcess
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 from localcluster.registry import Registry
 from meshtraffic.podlogs import CONTAINER
 from tests.integration.conftest import with_custom_section

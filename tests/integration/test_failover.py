@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from devcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from filterrelease.providers.envoy import find_envoy
 from localcluster.balancer import TcpBalancer
-from localcluster.install import OPERATOR_NAMESPACE, install_filterrelease
 from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 from tests.integration.conftest import with_custom_section
 from tests.integration.test_canary_e2e import (
     NS,

@@ -20,7 +20,7 @@ import pytest
 
 from filterrelease.providers.envoy import EnvoyProcess, bootstrap_config
 from localcluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION, install_istio_crds
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.prometheus import Prometheus, Sample, file_sd_job
 from meshagent.agent import MeshAgent
 from meshagent.layout import ACCESS_LOG_FIELDS

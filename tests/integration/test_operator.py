@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster.install import OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT
+from devcluster.operator_process import OperatorProcess
 from filterrelease.core.module import VerifiedModule
 from filterrelease.core.render import ReleaseRef, render_wasmplugin
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from localcluster import LocalCluster
-from localcluster.install import OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT
-from localcluster.operator_process import OperatorProcess
 from tests.integration.conftest import Published, apply_json, get_json
 from tests.unit.conftest import ROOT
 

@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
 from localcluster.oci_publish import ACCEPTED_LAYOUTS, REJECTED_LAYOUTS, publish
-from localcluster.operator_process import OperatorProcess
 from localcluster.registry import Registry
 from tests.integration.conftest import Published, apply_json
 from tests.integration.test_operator import (

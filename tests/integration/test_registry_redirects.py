@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
+from devcluster.operator_process import OperatorProcess
 from filterrelease.core.module import ModuleProblem, OciRef, Reason, parse_oci
 from filterrelease.providers.registry import Credentials, RegistryClient
 from localcluster import LocalCluster
 from localcluster.network import LOOPBACK
-from localcluster.operator_process import OperatorProcess
 from localcluster.redirecting_registry import (
     BLOB_STORE_HOST,
     TOKEN_SERVICE,

@@ -21,7 +21,7 @@ from devcluster.operator_process import OperatorProcess
 from filterrelease.core.tracks import track_label
 from localcluster import LocalCluster
 from tests.integration.conftest import Published, get_json
-from tests.integration.test_operator import condition, example
+from tests.support.releases import condition, example
 
 pytestmark = [pytest.mark.integration]
 

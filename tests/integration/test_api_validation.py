@@ -10,7 +10,7 @@ import pytest
 
 from localcluster import LocalCluster
 from tests.integration.conftest import apply_json, get_json
-from tests.integration.test_operator import example
+from tests.support.releases import example
 
 pytestmark = pytest.mark.integration
 

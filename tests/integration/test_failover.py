@@ -31,7 +31,7 @@ from localcluster.balancer import TcpBalancer
 from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
 from tests.integration.conftest import with_custom_section
-from tests.integration.test_canary_e2e import (
+from tests.support.canary import (
     NS,
     PODS,
     Mesh,
@@ -44,7 +44,7 @@ from tests.integration.test_canary_e2e import (
     status,
     versions_of,
 )
-from tests.integration.test_meshtraffic import poll
+from tests.support.polling import poll
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
 

@@ -53,7 +53,7 @@ from localcluster.errors import KubectlError
 from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.network import LOOPBACK, free_ports
 from tests.integration.conftest import REPO_ROOT, Published, apply_json
-from tests.integration.test_operator import condition, example, wait_ready
+from tests.support.releases import condition, example, wait_ready
 
 pytestmark = pytest.mark.integration
 

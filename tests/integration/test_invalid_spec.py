@@ -11,7 +11,7 @@ import pytest
 
 from localcluster import LocalCluster
 from tests.integration.conftest import Published, apply_json, get_json
-from tests.integration.test_operator import (
+from tests.support.releases import (
     TIMEOUT,
     condition,
     example,

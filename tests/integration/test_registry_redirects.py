@@ -41,8 +41,15 @@ from localcluster.redirecting_registry import (
     dockerconfigjson,
 )
 from tests.integration.conftest import Published, apply_json, get_json, with_custom_section
-from tests.integration.test_operator import TIMEOUT, condition, plugin, release, wait_ready
-from tests.integration.test_preflight import NAME, release_with
+from tests.support.releases import (
+    NAME,
+    TIMEOUT,
+    condition,
+    plugin,
+    release,
+    release_with,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.integration
 

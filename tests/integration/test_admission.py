@@ -20,8 +20,9 @@ from devcluster.install import OPERATOR_NAMESPACE
 from devcluster.operator_process import OperatorProcess
 from filterrelease.core.tracks import track_label
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, get_json
+from tests.support.kubectl import get_json
 from tests.support.releases import condition, example
+from tests.support.wasm import Published
 
 pytestmark = [pytest.mark.integration]
 

@@ -17,7 +17,6 @@ import pytest
 
 from localcluster.mesh import meshed_deployment
 from localcluster.oci_publish import publish
-from tests.integration.conftest import with_custom_section
 from tests.support.canary import (
     ANALYSIS,
     NS,
@@ -39,6 +38,7 @@ from tests.support.canary import (
     wait_phase,
 )
 from tests.support.polling import poll
+from tests.support.wasm import with_custom_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
 

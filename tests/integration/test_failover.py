@@ -30,7 +30,6 @@ from filterrelease.providers.envoy import find_envoy
 from localcluster.balancer import TcpBalancer
 from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
-from tests.integration.conftest import with_custom_section
 from tests.support.canary import (
     NS,
     PODS,
@@ -45,6 +44,7 @@ from tests.support.canary import (
     versions_of,
 )
 from tests.support.polling import poll
+from tests.support.wasm import with_custom_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
 

@@ -52,8 +52,10 @@ from localcluster.container import (
 from localcluster.errors import KubectlError
 from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.network import LOOPBACK, free_ports
-from tests.integration.conftest import REPO_ROOT, Published, apply_json
+from tests.integration.conftest import REPO_ROOT
+from tests.support.kubectl import apply_json
 from tests.support.releases import condition, example, wait_ready
+from tests.support.wasm import Published
 
 pytestmark = pytest.mark.integration
 

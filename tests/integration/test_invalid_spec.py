@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, apply_json, get_json
+from tests.support.kubectl import apply_json, get_json
 from tests.support.releases import (
     TIMEOUT,
     condition,
@@ -20,6 +20,7 @@ from tests.support.releases import (
     wait_events,
     wait_ready,
 )
+from tests.support.wasm import Published
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 

@@ -31,7 +31,7 @@ from meshagent import MeshAgent, kube, layout
 from meshagent.fetch import AgentLog, FetchError, ModuleCache, convert
 from meshagent.istiod import RemoteWasm
 from meshagent.metrics import PodMetrics
-from tests.integration.conftest import Published, with_custom_section
+from tests.support.wasm import Published, with_custom_section
 
 pytestmark = [
     pytest.mark.integration,

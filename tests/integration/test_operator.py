@@ -14,7 +14,7 @@ from filterrelease.core.module import VerifiedModule
 from filterrelease.core.render import ReleaseRef, render_wasmplugin
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, apply_json
+from tests.support.kubectl import apply_json
 from tests.support.releases import (
     TIMEOUT,
     condition,
@@ -24,6 +24,7 @@ from tests.support.releases import (
     wait_events,
     wait_ready,
 )
+from tests.support.wasm import Published
 from tests.unit.conftest import ROOT
 
 pytestmark = pytest.mark.integration

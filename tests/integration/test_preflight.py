@@ -19,7 +19,7 @@ from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
 from localcluster.oci_publish import ACCEPTED_LAYOUTS, REJECTED_LAYOUTS, publish
 from localcluster.registry import Registry
-from tests.integration.conftest import Published, apply_json
+from tests.support.kubectl import apply_json
 from tests.support.releases import (
     NAME,
     TIMEOUT,
@@ -31,7 +31,7 @@ from tests.support.releases import (
     wait_events,
     wait_ready,
 )
-from tests.unit.test_module import wasm_module
+from tests.support.wasm import Published, wasm_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 

@@ -40,7 +40,7 @@ from localcluster.redirecting_registry import (
     Seen,
     dockerconfigjson,
 )
-from tests.integration.conftest import Published, apply_json, get_json, with_custom_section
+from tests.support.kubectl import apply_json, get_json
 from tests.support.releases import (
     NAME,
     TIMEOUT,
@@ -50,6 +50,7 @@ from tests.support.releases import (
     release_with,
     wait_ready,
 )
+from tests.support.wasm import Published, with_custom_section
 
 pytestmark = pytest.mark.integration
 

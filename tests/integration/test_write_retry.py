@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, apply_json
+from tests.support.kubectl import apply_json
 from tests.support.releases import (
     TIMEOUT,
     condition,
@@ -23,6 +23,7 @@ from tests.support.releases import (
     wait_events,
     wait_ready,
 )
+from tests.support.wasm import Published
 
 pytestmark = pytest.mark.integration
 

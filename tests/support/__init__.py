@@ -1,2 +1,2 @@
-"""Helpers the integration tests and benchmarks share, in modules named for what they hold;
-test modules import from here, never from one another."""
+"""Helpers the tests and benchmarks share, in modules named for what they hold: test modules
+import from here, never from one another, and conftest.py files keep to fixtures."""

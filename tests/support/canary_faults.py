@@ -22,7 +22,6 @@ from kubernetes import client, config, watch
 
 from localcluster.oci_publish import publish
 from localcluster.registry import Registry
-from tests.integration.conftest import with_custom_section
 from tests.support.canary import (
     NS,
     PODS,
@@ -37,6 +36,7 @@ from tests.support.canary import (
 )
 from tests.support.canary import report as report_mesh
 from tests.support.polling import poll
+from tests.support.wasm import with_custom_section
 
 TRACK = f"track.filterrelease.dev/{RELEASE}"
 

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, get_json
+from tests.support.kubectl import get_json
+from tests.support.wasm import Published
 from tests.unit.conftest import ROOT
 
 TIMEOUT = 30.0

@@ -41,9 +41,9 @@ testbed: system-deps
 .PHONY: lint
 lint: deps
 	@echo "== ruff, import-linter, gofmt, go vet"
-	$(RUN) ruff check operator testbed tests docs bench
-	$(RUN) ruff format --check operator testbed tests docs bench
-	$(RUN) lint-imports
+	$(RUN) ruff check operator testbed devcluster tests docs bench
+	$(RUN) ruff format --check operator testbed devcluster tests docs bench
+	PYTHONPATH=testbed $(RUN) lint-imports
 	@test -z "$$(gofmt -l testbed filters)" || { gofmt -l testbed filters; echo "gofmt: files above need formatting"; exit 1; }
 	cd testbed && go vet ./...
 
@@ -100,17 +100,17 @@ test: lint typecheck unit gotest envoy integration
 
 .PHONY: demo
 demo: deps testbed filters
-	PYTHONPATH=testbed $(RUN) python -m localcluster.demo $(DEMO_ARGS)
+	PYTHONPATH=testbed:. $(RUN) python -m devcluster.demo $(DEMO_ARGS)
 
 .PHONY: fmt
 fmt: deps
-	$(RUN) ruff format operator testbed tests
-	$(RUN) ruff check --fix operator testbed tests
+	$(RUN) ruff format operator testbed devcluster tests docs bench
+	$(RUN) ruff check --fix operator testbed devcluster tests docs bench
 	gofmt -w testbed filters
 
 .PHONY: bench
 bench: deps testbed filters
-	PYTHONPATH=testbed $(RUN) python bench/release_latency.py
+	PYTHONPATH=testbed:. $(RUN) python bench/release_latency.py
 	PYTHONPATH=testbed $(RUN) python bench/mesh_scale.py
 	PYTHONPATH=testbed:. $(RUN) python bench/canary_rollback.py $(CANARY_BENCH_ARGS)
 	PYTHONPATH=testbed:. $(RUN) python bench/failover.py

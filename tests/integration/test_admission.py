@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 
+from devcluster.install import OPERATOR_NAMESPACE
+from devcluster.operator_process import OperatorProcess
 from filterrelease.core.tracks import track_label
 from localcluster import LocalCluster
-from localcluster.install import OPERATOR_NAMESPACE
-from localcluster.operator_process import OperatorProcess
-from tests.integration.conftest import Published, get_json
-from tests.integration.test_operator import condition, example
+from tests.support.kubectl import get_json
+from tests.support.releases import condition, example
+from tests.support.wasm import Published
 
 pytestmark = [pytest.mark.integration]
 

@@ -45,7 +45,8 @@ from meshtraffic.podlogs import (
     cri_line,
     logs_manifest,
 )
-from tests.integration.test_meshtraffic import meshed_pod, poll
+from tests.support.mesh import meshed_pod
+from tests.support.polling import poll
 
 pytestmark = [pytest.mark.integration]
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from localcluster import LocalCluster
-from tests.integration.conftest import apply_json, get_json
-from tests.integration.test_operator import example
+from tests.support.kubectl import apply_json, get_json
+from tests.support.releases import example
 
 pytestmark = pytest.mark.integration
 

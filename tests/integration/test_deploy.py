@@ -2,7 +2,7 @@
 local control plane, with the API server's built-in PodSecurity admission enforcing the namespace's
 `restricted` label (kube-apiserver runs with its default admission plugins, PodSecurity among them).
 
-The cluster is this module's own, not the session's `istio_cluster`: there, install.py has put
+The cluster is this module's own, not the session's `istio_cluster`: there, devcluster has put
 the namespace and RBAC in place for the tests' operator subprocess (client-side apply), which
 runs as that ServiceAccount and writes the webhook configuration. Installing the Deployment, its
 Services and a PDB beside it, and deleting them afterwards, would share (and on cleanup remove)
@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from localcluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION, install_istio_crds
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.kwok import NODE_ANNOTATION, NODE_ANNOTATION_VALUE
 
 pytestmark = [pytest.mark.integration]

@@ -24,14 +24,13 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from devcluster.install import OPERATOR_NAMESPACE, install_filterrelease
+from devcluster.operator_process import OperatorProcess
 from filterrelease.providers.envoy import find_envoy
 from localcluster.balancer import TcpBalancer
-from localcluster.install import OPERATOR_NAMESPACE, install_filterrelease
 from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
-from tests.integration.conftest import with_custom_section
-from tests.integration.test_canary_e2e import (
+from tests.support.canary import (
     NS,
     PODS,
     Mesh,
@@ -44,7 +43,8 @@ from tests.integration.test_canary_e2e import (
     status,
     versions_of,
 )
-from tests.integration.test_meshtraffic import poll
+from tests.support.polling import poll
+from tests.support.wasm import with_custom_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
 

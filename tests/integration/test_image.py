@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devcluster.install import OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT, install_filterrelease
 from localcluster import LocalCluster
 from localcluster.container import (
     Bind,
@@ -49,16 +50,12 @@ from localcluster.container import (
     remove_leftovers,
 )
 from localcluster.errors import KubectlError
-from localcluster.install import (
-    DEFAULT_ISTIO_VERSION,
-    OPERATOR_NAMESPACE,
-    OPERATOR_SERVICEACCOUNT,
-    install_filterrelease,
-    install_istio_crds,
-)
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.network import LOOPBACK, free_ports
-from tests.integration.conftest import REPO_ROOT, Published, apply_json
-from tests.integration.test_operator import condition, example, wait_ready
+from tests.integration.conftest import REPO_ROOT
+from tests.support.kubectl import apply_json
+from tests.support.releases import condition, example, wait_ready
+from tests.support.wasm import Published
 
 pytestmark = pytest.mark.integration
 
@@ -193,7 +190,7 @@ def local_overrides(health: int, metrics: int, webhook: int) -> dict[str, str]:
     return {
         # The API server calls the webhook through a Service in a real cluster; here its
         # Endpoints would have to be 127.0.0.1, which Endpoints/EndpointSlices refuse, so it
-        # calls the URL instead (as testbed/localcluster/operator_process.py configures).
+        # calls the URL instead (as devcluster/operator_process.py configures).
         "FILTERRELEASE_WEBHOOK_SERVICE": "",
         "FILTERRELEASE_WEBHOOK_HOST": LOOPBACK,
         # Host network: the pod's own IP and ports are the host's, shared with every other

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, apply_json, get_json
-from tests.integration.test_operator import (
+from tests.support.kubectl import apply_json, get_json
+from tests.support.releases import (
     TIMEOUT,
     condition,
     example,
@@ -20,6 +20,7 @@ from tests.integration.test_operator import (
     wait_events,
     wait_ready,
 )
+from tests.support.wasm import Published
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import pytest
 
 from localcluster import LocalCluster
+from tests.support.processes import still_running
 
 pytestmark = pytest.mark.integration
 
@@ -145,24 +145,3 @@ def test_stop_leaves_no_process_behind(cluster: LocalCluster) -> None:
     # component itself nor anything left in its process group.
     leftovers = still_running(pids)
     assert not leftovers, f"still running after stop(): {leftovers}"
-
-
-def still_running(pids: dict[str, int]) -> dict[str, int]:
-    """The processes, or their process groups, that still exist."""
-    return {name: pid for name, pid in pids.items() if _exists(pid) or _group_exists(pid)}
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True

@@ -18,9 +18,10 @@ from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.oci_publish import publish
 from meshtraffic.loadgen import LoadGenerator, LoadResult, workdir_endpoints
 from meshtraffic.podlogs import CONTAINER
-from tests.integration.conftest import with_custom_section
-from tests.integration.test_localcluster import still_running
-from tests.integration.test_meshtraffic import by_pod_code, list_pods, poll
+from tests.support.mesh import by_pod_code, list_pods
+from tests.support.polling import poll
+from tests.support.processes import still_running
+from tests.support.wasm import with_custom_section
 
 pytestmark = [pytest.mark.integration, pytest.mark.envoy]
 

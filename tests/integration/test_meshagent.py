@@ -25,13 +25,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from localcluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION
+from localcluster.istio import DEFAULT_ISTIO_VERSION
 from localcluster.oci_publish import ACCEPTED_LAYOUTS, REJECTED_LAYOUTS, publish
 from meshagent import MeshAgent, kube, layout
 from meshagent.fetch import AgentLog, FetchError, ModuleCache, convert
 from meshagent.istiod import RemoteWasm
 from meshagent.metrics import PodMetrics
-from tests.integration.conftest import Published, with_custom_section
+from tests.support.wasm import Published, with_custom_section
 
 pytestmark = [
     pytest.mark.integration,

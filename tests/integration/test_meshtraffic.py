@@ -12,16 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from filterrelease.providers.envoy import EnvoyProcess, bootstrap_config
 from localcluster import LocalCluster
-from localcluster.install import DEFAULT_ISTIO_VERSION, install_istio_crds
-from localcluster.prometheus import Prometheus, Sample, file_sd_job
+from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
+from localcluster.prometheus import Prometheus, file_sd_job
 from meshagent.agent import MeshAgent
 from meshagent.layout import ACCESS_LOG_FIELDS
 from meshtraffic.accesslog import parse_line
@@ -41,38 +41,12 @@ from meshtraffic.podlogs import (
     PodLogWriter,
     kubectl_registrar,
 )
+from tests.support.mesh import by_pod_code, list_pods, meshed_pod
+from tests.support.polling import poll
 
 pytestmark = pytest.mark.integration
 
 TESTBED = Path(__file__).resolve().parents[2] / "testbed"
-
-T = TypeVar("T")
-
-
-def poll(
-    fn: Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = 0.2,
-    on_timeout: Callable[[], str] | None = None,
-) -> T:
-    """fn() until it returns something other than None/False; TimeoutError naming `what`
-    (and carrying on_timeout()'s diagnostics)."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while True:
-        last = fn()
-        if last is not None and last is not False:
-            return last
-        if time.monotonic() >= deadline:
-            detail = f"\n{on_timeout()}" if on_timeout is not None else ""
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}{detail}")
-        time.sleep(interval)
-
-
-def by_pod_code(samples: list[Sample]) -> dict[tuple[str, str], float]:
-    return {(s.labels["pod"], s.labels["response_code"]): s.value for s in samples}
 
 
 def access_line(
@@ -487,21 +461,6 @@ def test_load_through_real_sidecars_matches_prometheus(tmp_path: Path, upstream_
 # -- kubectl logs -c istio-proxy ---------------------------------------------------------------
 
 
-def meshed_pod(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "web"}},
-        "spec": {
-            "containers": [
-                {"name": "app", "image": "registry.local/app:1"},
-                {"name": CONTAINER, "image": "registry.local/proxyv2:1"},
-            ],
-            "terminationGracePeriodSeconds": 0,
-        },
-    }
-
-
 def test_kubectl_logs_istio_proxy_merges_envoy_and_agent_lines(
     logs_cluster: LocalCluster, tmp_path: Path
 ) -> None:
@@ -568,21 +527,6 @@ def test_kubectl_logs_istio_proxy_merges_envoy_and_agent_lines(
 
 
 # -- everything on the mesh agent's sidecars ---------------------------------------------------
-
-
-def list_pods(cluster: LocalCluster) -> Callable[[str, Any], list[str]]:
-    """Running pods matching a selector, as a Service's endpoints would list them."""
-
-    def names(namespace: str, selector: Any) -> list[str]:
-        result = cluster.kubectl(
-            "get", "pods", "-n", namespace,
-            "-l", ",".join(f"{k}={v}" for k, v in selector.items()),
-            "--field-selector=status.phase=Running",
-            "-o", "jsonpath={.items[*].metadata.name}",
-        )  # fmt: skip
-        return result.stdout.split()
-
-    return names
 
 
 @pytest.mark.envoy

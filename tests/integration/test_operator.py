@@ -3,67 +3,31 @@
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import pytest
 import yaml
 
+from devcluster.install import OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT
+from devcluster.operator_process import OperatorProcess
 from filterrelease.core.module import VerifiedModule
 from filterrelease.core.render import ReleaseRef, render_wasmplugin
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from localcluster import LocalCluster
-from localcluster.install import OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT
-from localcluster.operator_process import OperatorProcess
-from tests.integration.conftest import Published, apply_json, get_json
+from tests.support.kubectl import apply_json
+from tests.support.releases import (
+    TIMEOUT,
+    condition,
+    example,
+    plugin,
+    release,
+    wait_events,
+    wait_ready,
+)
+from tests.support.wasm import Published
 from tests.unit.conftest import ROOT
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 30.0
-
-
-def example(
-    namespace: str, name: str = "security-headers.yaml", registry: str = "registry.local"
-) -> dict[str, Any]:
-    """An example from deploy/examples, in `namespace`, pulling from `registry`."""
-    text = (ROOT / "deploy" / "examples" / name).read_text()
-    doc: dict[str, Any] = yaml.safe_load(
-        text.replace("oci://registry.local/", f"oci://{registry}/")
-    )
-    doc["metadata"]["namespace"] = namespace
-    return doc
-
-
-def release(cluster: LocalCluster, namespace: str, name: str) -> Any:
-    return get_json(cluster, "filterrelease", name, "-n", namespace)
-
-
-def plugin(cluster: LocalCluster, namespace: str, name: str) -> Any:
-    return get_json(cluster, "wasmplugin", name, "-n", namespace)
-
-
-def condition(body: Any, type_: str) -> dict[str, Any] | None:
-    for c in (body or {}).get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return dict(c)
-    return None
-
-
-def wait_ready(cluster: LocalCluster, namespace: str, name: str, generation: int = 1) -> Any:
-    def ready() -> bool:
-        body = release(cluster, namespace, name)
-        c = condition(body, "Ready")
-        return bool(
-            c and c["status"] == "True" and body["status"].get("observedGeneration") == generation
-        )
-
-    try:
-        cluster.wait_for(ready, timeout=TIMEOUT, what=f"FilterRelease {namespace}/{name} Ready")
-    except TimeoutError as err:
-        status = (release(cluster, namespace, name) or {}).get("status", {})
-        raise TimeoutError(f"{err}; status: {json.dumps(status)[:2000]}") from None
-    return release(cluster, namespace, name)
 
 
 def expected_plugin(body: Any) -> dict[str, Any]:
@@ -80,30 +44,6 @@ def expected_plugin(body: Any) -> dict[str, Any]:
     module = body.get("status", {}).get("module")
     verified = VerifiedModule.model_validate(module) if module else None
     return render_wasmplugin(ref, spec, verified)
-
-
-def events(cluster: LocalCluster, namespace: str, name: str) -> list[tuple[str, str, str]]:
-    found = get_json(
-        cluster, "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}"
-    )
-    return [(e["type"], e["reason"], e["message"]) for e in found["items"]]
-
-
-def wait_events(
-    cluster: LocalCluster, namespace: str, name: str, *reasons: str
-) -> list[tuple[str, str, str]]:
-    """The object's Events (type, reason, message) once there is one of every reason given.
-    The operator writes a decision's status before it posts the decision's Events (an operator
-    killed in between loses an Event, never a step), so a test that has seen the status can be
-    ahead of the Events by an API call: it waits for them as for any other observable state."""
-    found: list[tuple[str, str, str]] = []
-
-    def all_there() -> bool:
-        found[:] = events(cluster, namespace, name)
-        return set(reasons) <= {e[1] for e in found}
-
-    cluster.wait_for(all_there, timeout=TIMEOUT, what=f"Events {reasons} of {namespace}/{name}")
-    return found
 
 
 @pytest.mark.usefixtures("operator")

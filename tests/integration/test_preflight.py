@@ -15,31 +15,25 @@ from typing import Any, ClassVar
 
 import pytest
 
+from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
 from localcluster.oci_publish import ACCEPTED_LAYOUTS, REJECTED_LAYOUTS, publish
-from localcluster.operator_process import OperatorProcess
 from localcluster.registry import Registry
-from tests.integration.conftest import Published, apply_json
-from tests.integration.test_operator import (
+from tests.support.kubectl import apply_json
+from tests.support.releases import (
+    NAME,
     TIMEOUT,
     condition,
     example,
     plugin,
     release,
+    release_with,
     wait_events,
     wait_ready,
 )
-from tests.unit.test_module import wasm_module
+from tests.support.wasm import Published, wasm_module
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("operator")]
-
-NAME = "security-headers"
-
-
-def release_with(namespace: str, published: Published, url: str, **module: Any) -> dict[str, Any]:
-    body = example(namespace, registry=published.registry)
-    body["spec"]["module"] = {"url": url, **module}
-    return body
 
 
 def wait_module_condition(cluster: LocalCluster, namespace: str, status: str) -> Any:

@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
+from devcluster.operator_process import OperatorProcess
 from filterrelease.core.module import ModuleProblem, OciRef, Reason, parse_oci
 from filterrelease.providers.registry import Credentials, RegistryClient
 from localcluster import LocalCluster
 from localcluster.network import LOOPBACK
-from localcluster.operator_process import OperatorProcess
 from localcluster.redirecting_registry import (
     BLOB_STORE_HOST,
     TOKEN_SERVICE,
@@ -40,9 +40,17 @@ from localcluster.redirecting_registry import (
     Seen,
     dockerconfigjson,
 )
-from tests.integration.conftest import Published, apply_json, get_json, with_custom_section
-from tests.integration.test_operator import TIMEOUT, condition, plugin, release, wait_ready
-from tests.integration.test_preflight import NAME, release_with
+from tests.support.kubectl import apply_json, get_json
+from tests.support.releases import (
+    NAME,
+    TIMEOUT,
+    condition,
+    plugin,
+    release,
+    release_with,
+    wait_ready,
+)
+from tests.support.wasm import Published, with_custom_section
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from localcluster import LocalCluster
-from tests.integration.conftest import Published, apply_json
-from tests.integration.test_operator import (
+from tests.support.kubectl import apply_json
+from tests.support.releases import (
     TIMEOUT,
     condition,
     example,
@@ -23,6 +23,7 @@ from tests.integration.test_operator import (
     wait_events,
     wait_ready,
 )
+from tests.support.wasm import Published
 
 pytestmark = pytest.mark.integration
 

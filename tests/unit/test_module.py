@@ -25,22 +25,7 @@ from filterrelease.core.module import (
     parse_oci,
     wasm_exports,
 )
-
-
-def wasm_module(*exports: str) -> bytes:
-    """A minimal valid Wasm binary with one function and the given exports."""
-
-    def vec(items: list[bytes]) -> bytes:
-        return bytes([len(items)]) + b"".join(items)
-
-    def section(sid: int, body: bytes) -> bytes:
-        return bytes([sid, len(body)]) + body
-
-    types = section(1, vec([b"\x60\x00\x00"]))  # () -> ()
-    funcs = section(3, vec([b"\x00"]))
-    export = section(7, vec([bytes([len(n)]) + n.encode() + b"\x00\x00" for n in exports]))
-    code = section(10, vec([b"\x02\x00\x0b"]))  # body: no locals, end
-    return b"\0asm\x01\0\0\0" + types + funcs + export + code
+from tests.support.wasm import wasm_module
 
 
 def targz(files: dict[str, bytes]) -> bytes:

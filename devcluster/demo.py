@@ -3,7 +3,7 @@ security-headers example released, updated in place, guarded against a bad spec,
 garbage-collected, while its effect shows in real traffic: the response headers of the
 frontend's Envoy sidecars before and after each step, and Istio's request metrics in Prometheus.
 
-Run: PYTHONPATH=testbed uv run python -m localcluster.demo [--keep] [--workdir DIR]
+Run: PYTHONPATH=testbed:. uv run python -m devcluster.demo [--keep] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -21,24 +21,20 @@ from typing import Any
 
 import yaml
 
-from localcluster.cluster import LocalCluster
-from localcluster.demo_canary import (
+from devcluster.demo_canary import (
     Responses,
     canary_manifest,
     follow,
     rollout_events,
     status_of,
 )
-from localcluster.install import (
-    DEFAULT_ISTIO_VERSION,
-    OPERATOR_NAMESPACE,
-    REPO,
-    install_filterrelease,
-)
+from devcluster.install import OPERATOR_NAMESPACE, REPO, install_filterrelease
+from devcluster.operator_process import OperatorProcess
+from localcluster.cluster import LocalCluster
+from localcluster.istio import DEFAULT_ISTIO_VERSION
 from localcluster.mesh import MeshCluster, meshed_deployment
 from localcluster.network import LOOPBACK
 from localcluster.oci_publish import publish
-from localcluster.operator_process import OperatorProcess
 from meshtraffic.loadgen import LoadGenerator, LoadResult, workdir_endpoints
 from meshtraffic.podlogs import CONTAINER
 

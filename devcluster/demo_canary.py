@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
+from devcluster.install import REPO
 from localcluster.cluster import LocalCluster
-from localcluster.install import REPO
 from localcluster.mesh import MeshCluster
 from meshtraffic.loadgen import LoadGenerator, Response, workdir_endpoints
 

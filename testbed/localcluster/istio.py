@@ -1,6 +1,5 @@
-"""Installing what a real cluster would have: Istio's CRDs, and filterrelease's CRD and RBAC.
-
-Istio's CRDs are Istio's own files from ../shared/istio (never hand-written copies).
+"""Istio's CRDs, as a cluster with Istio would have them: Istio's own files from ../shared/istio
+(never hand-written copies), one file per Istio version the tests run against.
 """
 
 from __future__ import annotations
@@ -18,8 +17,6 @@ ISTIO_CRD_FILES = {
 }
 ISTIO_VERSIONS = tuple(ISTIO_CRD_FILES)
 DEFAULT_ISTIO_VERSION = "1.30.3"
-OPERATOR_NAMESPACE = "filterrelease-system"
-OPERATOR_SERVICEACCOUNT = "filterrelease-operator"
 
 
 def _local_origin() -> Path | None:
@@ -68,26 +65,3 @@ def install_istio_crds(cluster: LocalCluster, version: str) -> None:
         timeout=90,
         what="the WasmPlugin CRD established",
     )  # fmt: skip
-
-
-def install_filterrelease(cluster: LocalCluster) -> Path:
-    """The FilterRelease CRD, the operator's namespace and RBAC; returns the operator's kubeconfig.
-
-    The kubeconfig authenticates as the operator's ServiceAccount, so the operator runs with
-    exactly the permissions deploy/operator/rbac.yaml grants, as it would in a pod.
-    """
-    cluster.kubectl("apply", "--server-side", "-k", str(REPO / "crds"))
-    # `kubectl wait` fails at once on a CRD that has no conditions yet: retry it until both are
-    # established.
-    cluster.wait_for(
-        lambda: cluster.kubectl(
-            "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/filterreleases.filterrelease.dev", "crd/analysistemplates.filterrelease.dev",
-            check=False,
-        ).returncode == 0,
-        timeout=90,
-        what="the filterrelease.dev CRDs established",
-    )  # fmt: skip
-    cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator" / "namespace.yaml"))
-    cluster.kubectl("apply", "-f", str(REPO / "deploy" / "operator" / "rbac.yaml"))
-    return cluster.serviceaccount_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICEACCOUNT)

@@ -39,7 +39,6 @@ from filterrelease.core.render import (
     stable_plugin_name,
 )
 from filterrelease.core.rollout import (
-    FLAGGER_PHASE,
     Decision,
     Observation,
     action_failed,
@@ -47,6 +46,7 @@ from filterrelease.core.rollout import (
     decide,
     needs,
 )
+from filterrelease.core.rollout_state import FLAGGER_PHASE
 from filterrelease.core.spec import (
     FilterReleaseSpec,
     TemplateMetrics,

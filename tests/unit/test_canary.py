@@ -9,10 +9,11 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterrelease.core import analysis
+from filterrelease.core import analysis, rollout_state
 from filterrelease.core.actions import (
     ApplyWasmPlugin,
     ConsumeRequest,
@@ -24,7 +25,14 @@ from filterrelease.core.actions import (
 from filterrelease.core.analysis import MeasurementPhase, Metric, MetricResult
 from filterrelease.core.module import VerifiedModule
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
-from filterrelease.core.rollout import Decision, Observation, Phase, Trigger, decide, needs
+from filterrelease.core.rollout import Decision, Observation, decide, needs
+from filterrelease.core.rollout_state import (
+    TRANSITIONS,
+    IllegalTransitionError,
+    Phase,
+    RolloutState,
+    Trigger,
+)
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from filterrelease.core.status import FilterReleaseStatus
 from filterrelease.core.tracks import STABLE, track_label
@@ -249,6 +257,33 @@ def test_a_good_version_passes_every_step_in_order_and_is_promoted() -> None:
     assert [m.split(":")[0] for m in passed] == [f"step {i}/5" for i in range(1, 6)]
     assert world.reasons().count("Promoted") == 1
     assert world.status.history[0].outcome == "Promoted"
+
+
+def test_a_rollout_walks_the_states_of_the_table_in_order() -> None:
+    world = steady_v1()
+    world.release("v2")
+    states: list[RolloutState] = []
+    while world.status.phase != Phase.HEALTHY or not states:
+        state = world.tick().state
+        if not states or states[-1] != state:
+            states.append(state)
+    expected = ["Stepping", "Waiting", "Stepping", "Analysing", "Stepping", "Promoting", "Steady"]
+    assert states == [RolloutState(s) for s in expected]
+
+
+def test_a_move_the_code_takes_and_the_table_lacks_fails_a_whole_rollout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """decide() checks every move it takes against the table, so walking whole rollouts (here,
+    and the hypothesis property below over requests, crashes and outages) finds any move the
+    table does not list."""
+    world = steady_v1()
+    world.release("v2")
+    legal = dict(TRANSITIONS)
+    del legal[(RolloutState.WAITING, Trigger.ROLLING_OUT)]
+    monkeypatch.setattr(rollout_state, "TRANSITIONS", legal)
+    with pytest.raises(IllegalTransitionError, match="RollingOut is not allowed from Waiting"):
+        run_until(world, Phase.HEALTHY)
 
 
 def test_a_pause_waits_its_duration_on_the_injected_clock() -> None:

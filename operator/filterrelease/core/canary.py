@@ -36,6 +36,7 @@ from filterrelease.core.analysis import (
     MetricResult,
     assess_all,
 )
+from filterrelease.core.rollout_state import PauseReason, Reason, Requeue
 from filterrelease.core.spec import Canary, Step
 from filterrelease.core.status import RolloutStatus, timestamp
 from filterrelease.core.webhooks import GateResult, HookType
@@ -272,12 +273,18 @@ def judge(
 
 def _abort(rollout: RolloutStatus, now: datetime, reason: str) -> Outcome:
     aborted = rollout.model_copy(update={"aborted": reason, "aborted_at": timestamp(now)})
-    return Outcome(rollout=aborted, events=(("Warning", "RollingBack", reason),), requeue_after=0.5)
+    return Outcome(
+        rollout=aborted,
+        events=(("Warning", Reason.ROLLING_BACK, reason),),
+        requeue_after=Requeue.UNWIND,
+    )
 
 
 def _passed(rollout: RolloutStatus, now: datetime, what: str) -> Outcome:
     return Outcome(
-        rollout=advance(rollout, now), events=(("Normal", "StepPassed", what),), requeue_after=0.2
+        rollout=advance(rollout, now),
+        events=(("Normal", Reason.STEP_PASSED, what),),
+        requeue_after=Requeue.NEXT_MOVE,
     )
 
 
@@ -312,34 +319,40 @@ def _judge_step(
             key = canary.waves.by_label if canary.waves else ""
             event = (
                 "Normal",
-                "WaveStarted",
+                Reason.WAVE_STARTED,
                 f"wave {r.wave + 2}/{len(r.waves)} "
                 f"({key}={r.waves[r.wave + 1] or '(none)'}): the steps start again",
             )
-            return Outcome(rollout=nxt, events=(event,), requeue_after=0.2)
+            return Outcome(rollout=nxt, events=(event,), requeue_after=Requeue.NEXT_MOVE)
         if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
-            return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
+            return Outcome(
+                rollout=r.model_copy(update={"gate": closed}), requeue_after=Requeue.GATE_CLOSED
+            )
         promoting = r.model_copy(update={"promoting": True, "gate": None})
-        events = (("Normal", "Promoting", "every step passed: promoting"),)
-        return Outcome(rollout=promoting, events=events, requeue_after=0.2)
+        events = (("Normal", Reason.PROMOTING, "every step passed: promoting"),)
+        return Outcome(rollout=promoting, events=events, requeue_after=Requeue.NEXT_MOVE)
 
     label = step_label(r, canary)
     if step.set_weight is not None:
         if r.weight == 0 and r.wave == 0 and (closed := _gate_closed(gates, HookType.PRE_ROLLOUT)):
-            return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
+            return Outcome(
+                rollout=r.model_copy(update={"gate": closed}), requeue_after=Requeue.GATE_CLOSED
+            )
         if r.weight != step.set_weight:
             # Record the weight first; the layout planner moves the pods in this decision and
             # the next ones, and the step passes once nothing is left to move.
             started = r.model_copy(update={"weight": step.set_weight, "gate": None})
-            event = ("Normal", "StepStarted", f"step {label}: setWeight {step.set_weight}")
-            return Outcome(rollout=started, events=(event,), requeue_after=0.2)
+            event = ("Normal", Reason.STEP_STARTED, f"step {label}: setWeight {step.set_weight}")
+            return Outcome(rollout=started, events=(event,), requeue_after=Requeue.NEXT_MOVE)
         return _passed(r, now, f"step {label}: {step.set_weight}% of the pods on the canary")
 
     if step.pause is not None:
         duration = step.pause.seconds
         if duration is None:
-            event = ("Normal", "Paused", f"step {label}: paused until promoted")
-            return Outcome(rollout=r.model_copy(update={"paused": "PauseStep"}), events=(event,))
+            event = ("Normal", Reason.PAUSED, f"step {label}: paused until promoted")
+            return Outcome(
+                rollout=r.model_copy(update={"paused": PauseReason.PAUSE_STEP}), events=(event,)
+            )
         waited = since(r.step_started_at, now)
         if waited < duration:
             return Outcome(rollout=r, requeue_after=min(duration - waited, next_due))
@@ -354,10 +367,12 @@ def _judge_step(
         why = _message(r.analysis, AnalysisPhase.INCONCLUSIVE)
         event = (
             "Warning",
-            "Inconclusive",
+            Reason.INCONCLUSIVE,
             f"step {label} analysis inconclusive, paused until resumed or promoted: {why}",
         )
-        return Outcome(rollout=r.model_copy(update={"paused": "Inconclusive"}), events=(event,))
+        return Outcome(
+            rollout=r.model_copy(update={"paused": PauseReason.INCONCLUSIVE}), events=(event,)
+        )
     if verdict == AnalysisPhase.SUCCESSFUL:
         return _passed(r, now, f"step {label}: analysis successful")
     return Outcome(rollout=r, requeue_after=next_due)
@@ -372,11 +387,11 @@ def apply_request(
         case Request.ABORT if not rollout.aborted and not rollout.promoting:
             return rollout.model_copy(
                 update={"aborted": f"aborted {who}", "aborted_at": timestamp(now)}
-            ), ("Warning", "RollingBack", f"aborted {who}: rolling back")
+            ), ("Warning", Reason.ROLLING_BACK, f"aborted {who}: rolling back")
         case Request.PROMOTE_FULL if not rollout.aborted and not rollout.promoting:
             return rollout.model_copy(update={"promoting": True, "paused": None}), (
                 "Normal",
-                "Promoting",
+                Reason.PROMOTING,
                 f"promoted {who}, skipping the remaining steps",
             )
         case Request.PROMOTE if not rollout.aborted and not rollout.promoting:
@@ -385,30 +400,34 @@ def apply_request(
                 # A weight step only moves pods: promoting past it would skip the move.
                 return rollout.model_copy(update={"paused": None}), (
                     "Normal",
-                    "Resumed",
+                    Reason.RESUMED,
                     f"promote {who}: resumed",
                 )
             return advance(rollout, now), (
                 "Normal",
-                "StepPassed",
+                Reason.STEP_PASSED,
                 f"step {step_label(rollout, canary)} promoted {who}",
             )
         case Request.PAUSE if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(update={"paused": "Manual"}), (
+            return rollout.model_copy(update={"paused": PauseReason.MANUAL}), (
                 "Normal",
-                "Paused",
+                Reason.PAUSED,
                 f"paused {who}",
             )
-        case Request.RESUME if rollout.paused in ("Manual", "Inconclusive"):
+        case Request.RESUME if rollout.paused in (PauseReason.MANUAL, PauseReason.INCONCLUSIVE):
             return rollout.model_copy(update={"paused": None, "analysis": ()}), (
                 "Normal",
-                "Resumed",
+                Reason.RESUMED,
                 f"resumed {who}",
             )
         case Request.RETRY if rollout.aborted:
-            return start(rollout.revision, now), ("Normal", "Retrying", f"rollout restarted {who}")
+            return start(rollout.revision, now), (
+                "Normal",
+                Reason.RETRYING,
+                f"rollout restarted {who}",
+            )
     return rollout, (
         "Warning",
-        "RequestIgnored",
+        Reason.REQUEST_IGNORED,
         f"request {request!r} does not apply now (see README: manual control)",
     )

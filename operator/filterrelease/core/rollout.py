@@ -1,17 +1,16 @@
 """The release state machine: decide(observation) -> decision. Pure; time is an input.
 
-Everything that affects the state machine lives in this file: the phases, the triggers, and the
-TRANSITIONS table that decide() obeys (it refuses any move the table does not list, and a test
-walks the table). What a canary step does is in core/canary.py; in which order WasmPlugins and
-pod labels change is in core/layout.py. decide() ties them together: it works out the target
-layout (one version everywhere, or stable and canary split by weight), asks the layout planner
-for the next safe changes, and records the outcome in the status.
+Every state, event and legal move is listed in core/rollout_state.py; decide() obeys that
+table (it refuses any move the table does not list). What a canary step does is in
+core/canary.py; in which order WasmPlugins and pod labels change is in core/layout.py. decide()
+ties them together: it works out the target layout (one version everywhere, or stable and
+canary split by weight), asks the layout planner for the next safe changes, and records the
+outcome in the status.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -38,6 +37,18 @@ from filterrelease.core.render import (
     render_plugin,
     stable_plugin_name,
 )
+from filterrelease.core.rollout_state import (
+    PHASE,
+    Phase,
+    Reason,
+    Requeue,
+    RolloutState,
+    Trigger,
+    state_of,
+    superseded,
+    target_state,
+    transition,
+)
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
 from filterrelease.core.status import (
     ConditionStatus,
@@ -52,75 +63,7 @@ from filterrelease.core.status import (
 from filterrelease.core.tracks import CANARY, STABLE, track_label
 from filterrelease.core.webhooks import GateResult, HookType
 
-
-class Phase(StrEnum):
-    PENDING = "Pending"  # never reconciled
-    PROGRESSING = "Progressing"  # a version is being written, or a canary is running
-    PAUSED = "Paused"  # a canary waits for a person
-    HEALTHY = "Healthy"  # every selected proxy runs the desired version
-    DEGRADED = "Degraded"  # the desired version cannot be (or was not) released; the last one runs
-
-
-class Trigger(StrEnum):
-    SPEC_INVALID = "InvalidSpec"  # the spec cannot be released as written
-    CONFLICT = "Conflict"  # a WasmPlugin name is taken by something we do not own
-    WRITE = "Write"  # the live WasmPlugins differ from the desired ones
-    IN_SYNC = "InSync"  # the live WasmPlugins are the desired ones
-    WRITE_FAILED = "WriteFailed"  # the API server refused our write
-    WRITE_RETRYING = "WriteRetrying"  # a write failed on something transient; retrying
-    MODULE_REJECTED = "ModuleRejected"  # pre-flight found the module unusable
-    MODULE_UNAVAILABLE = "RegistryUnavailable"  # pre-flight could not reach the module; retrying
-    DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # retrying for longer than the deadline
-    ROLLING_OUT = "RollingOut"  # a canary step runs
-    PAUSED = "Paused"  # a canary waits for a person (pause step, inconclusive, manual)
-    METRICS_UNAVAILABLE = "MetricsUnavailable"  # measurements error: the step holds
-    PROMOTING = "Promoting"  # every step passed: the new version goes to every pod
-    PROMOTED = "Promoted"  # the new version is the stable one everywhere
-    ROLLING_BACK = "RollingBack"  # the canary failed: every pod goes back to the stable version
-    ROLLED_BACK = "RolledBack"  # every pod is back; stays so until the spec changes
-
-
-_ALL = tuple(Phase)
-TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
-    **{(p, Trigger.SPEC_INVALID): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.CONFLICT): Phase.DEGRADED for p in _ALL},
-    # A write is expected to land (the API call is synchronous); WRITE_FAILED corrects it.
-    **{(p, Trigger.WRITE): Phase.HEALTHY for p in _ALL},
-    **{(p, Trigger.IN_SYNC): Phase.HEALTHY for p in _ALL},
-    **{(p, Trigger.WRITE_FAILED): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.WRITE_RETRYING): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.DEADLINE_EXCEEDED): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.MODULE_REJECTED): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.MODULE_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
-    # A rollout's moves are legal from any phase: a request (abort, promote-full, pause) may
-    # come with the very decision that starts the rollout, and a crash may leave any phase.
-    **{(p, Trigger.ROLLING_OUT): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.METRICS_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.PAUSED): Phase.PAUSED for p in _ALL},
-    **{(p, Trigger.PROMOTING): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.PROMOTED): Phase.HEALTHY for p in _ALL},
-    **{(p, Trigger.ROLLING_BACK): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.ROLLED_BACK): Phase.DEGRADED for p in _ALL},
-}
-
-
-# Transient holds: try again with backoff. (DEADLINE_EXCEEDED keeps retrying at resync pace.)
-RETRY_SOON = frozenset({Trigger.WRITE_RETRYING, Trigger.MODULE_UNAVAILABLE})
-# How often a running canary is looked at when nothing else is due: the Wasm fast-fail
-# measures at every look, so this bounds how long a broken module goes unnoticed.
-CANARY_TICK = 2.0
 HISTORY_LIMIT = 10
-
-# What a Flagger webhook receiver is told the rollout is doing.
-FLAGGER_PHASE = {
-    Trigger.ROLLING_OUT: "Progressing",
-    Trigger.METRICS_UNAVAILABLE: "Progressing",
-    Trigger.PAUSED: "Waiting",
-    Trigger.PROMOTING: "Promoting",
-    Trigger.PROMOTED: "Succeeded",
-    Trigger.ROLLING_BACK: "Failed",
-    Trigger.ROLLED_BACK: "Failed",
-}
 
 
 class Observation(BaseModel):
@@ -148,7 +91,7 @@ class Observation(BaseModel):
 
 class Decision(BaseModel):
     model_config = ConfigDict(frozen=True)
-    phase: Phase
+    state: RolloutState
     trigger: Trigger
     status: FilterReleaseStatus
     actions: tuple[Action, ...] = ()
@@ -156,28 +99,26 @@ class Decision(BaseModel):
     requeue_after: float | None = None
 
     @property
+    def phase(self) -> Phase:
+        return PHASE[self.state]
+
+    @property
     def retry(self) -> bool:
         """Whether the shell should reconcile again soon (with backoff) rather than wait for
         the next watch event or resync: something transient is holding the release."""
-        return self.trigger in RETRY_SOON
+        return self.state is RolloutState.RETRYING
 
 
-class IllegalTransitionError(Exception):
-    pass
-
-
-def transition(current: Phase, trigger: Trigger) -> Phase:
-    try:
-        return TRANSITIONS[(current, trigger)]
-    except KeyError:
-        raise IllegalTransitionError(f"{trigger} is not allowed in phase {current}") from None
-
-
-def _current_phase(status: FilterReleaseStatus) -> Phase:
-    try:
-        return Phase(status.phase) if status.phase else Phase.PENDING
-    except ValueError:
-        return Phase.PENDING
+def _state_after(obs: Observation, trigger: Trigger, rollout: RolloutStatus | None) -> RolloutState:
+    """The state this decision leads to, checked against the table."""
+    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
+    current = state_of(obs.status, canary)
+    previous = obs.status.rollout
+    if rollout is not None and (previous is None or previous.revision != rollout.revision):
+        # A new version starts a new rollout from the stable one: whatever the last rollout
+        # was doing is over (core/layout.py unwinds its pods).
+        current = superseded(current)
+    return transition(current, trigger, target_state(trigger, rollout, canary))
 
 
 def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
@@ -225,18 +166,18 @@ def _module_condition(
 def _degraded(
     obs: Observation, trigger: Trigger, problem: str, module_reason: str | None = None
 ) -> Decision:
-    phase = transition(_current_phase(obs.status), trigger)
+    state = _state_after(obs, trigger, obs.status.rollout)
     message = f"{problem}; {_keeps_running(obs.status)}"
     status = _conditions(
         obs, ready=False, progressing=False, degraded=True, reason=trigger.value, message=message
-    ).model_copy(update={"phase": phase.value, "message": message})
+    ).model_copy(update={"phase": PHASE[state].value, "message": message})
     if module_reason is not None:
         status = _module_condition(status, obs, "False", module_reason, problem)
     actions: tuple[Action, ...] = ()
     # One Event per new problem, not one per resync.
     if obs.status.message != message:
         actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
-    return Decision(phase=phase, trigger=trigger, status=status, actions=actions)
+    return Decision(state=state, trigger=trigger, status=status, actions=actions)
 
 
 def shown(version: ModuleVersion) -> str:
@@ -395,7 +336,7 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
     trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
-    phase = transition(_current_phase(obs.status), trigger)
+    state = _state_after(obs, trigger, obs.status.rollout)
     message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
     status = _conditions(
         obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
@@ -403,7 +344,7 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
     rollout = obs.status.rollout
     finished = rollout is not None and rollout.revision == desired.config_hash
     update: dict[str, Any] = {
-        "phase": phase.value,
+        "phase": PHASE[state].value,
         "message": message,
         "applied": desired,
         # Without a canary there is no analysis to pass: a version that was written and read
@@ -423,7 +364,7 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
     status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, None)
     events: list[Action] = []
     for write in writes:
-        verb = "Created" if write.created else "Updated"
+        verb = Reason.CREATED if write.created else Reason.UPDATED
         events.append(
             EmitEvent(
                 type="Normal",
@@ -438,18 +379,18 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
         events.append(
             EmitEvent(
                 type="Warning",
-                reason="RequestIgnored",
+                reason=Reason.REQUEST_IGNORED,
                 message=f"request {obs.request!r} ignored: no canary rollout is in progress",
             )
         )
     return Decision(
-        phase=phase,
+        state=state,
         trigger=trigger,
         status=status,
         actions=(*actions, *events),
         # Unwinding a split takes more than one decision (widening waits for the canary
         # plugin's deletion to be observed): come back soon.
-        requeue_after=0.5 if actions and after.split else None,
+        requeue_after=Requeue.UNWIND if actions and after.split else None,
     )
 
 
@@ -520,7 +461,7 @@ def _progress(
     if not converged and steps.since(rollout.step_started_at, obs.now) > deadline:
         why = f"no progress for {deadline}s (progressDeadlineSeconds)"
         aborted = rollout.model_copy(update={"aborted": why, "aborted_at": timestamp(obs.now)})
-        return aborted, 0.5, None, [("Warning", "RollingBack", why)]
+        return aborted, Requeue.UNWIND, None, [("Warning", Reason.ROLLING_BACK, why)]
     due = obs.analysis_due_in
     outcome = steps.judge(
         rollout,
@@ -530,7 +471,7 @@ def _progress(
         step_results=obs.step_results,
         background=obs.background_results,
         gates=obs.gates,
-        next_due=min(CANARY_TICK, due) if due is not None else CANARY_TICK,
+        next_due=min(Requeue.CANARY_TICK, due) if due is not None else Requeue.CANARY_TICK,
     )
     judged = outcome.rollout
     if judged.weight != rollout.weight:
@@ -568,7 +509,7 @@ def _rolled_back(
             trigger=Trigger.ROLLING_BACK,
             message=message,
             degraded=True,
-            requeue=0.5,
+            requeue=Requeue.UNWIND,
             update={"applied": stable},
         )
     events = []
@@ -578,7 +519,7 @@ def _rolled_back(
         events.append(
             (
                 "Warning",
-                "RolledBack",
+                Reason.ROLLED_BACK,
                 f"every pod back on {shown(stable)} "
                 f"{took:.1f}s after the decision to roll back: {rollout.aborted}",
             )
@@ -597,14 +538,14 @@ def _rolled_back(
 def _promoted(obs: Observation, desired: ModuleVersion, converged: bool) -> _Summary:
     if not converged:
         message = f"promoting {shown(desired)} to every selected proxy"
-        return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=0.5)
+        return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=Requeue.UNWIND)
     message = f"{shown(desired)} promoted: every selected proxy runs it"
     return _Summary(
         trigger=Trigger.PROMOTED,
         message=message,
         ready=True,
         progressing=False,
-        events=[("Normal", "Promoted", message)],
+        events=[("Normal", Reason.PROMOTED, message)],
         update={
             "stable": desired,
             "applied": desired,
@@ -644,7 +585,7 @@ def _rollout(
         events.append(
             (
                 "Normal",
-                "RolloutStarted",
+                Reason.ROLLOUT_STARTED,
                 f"rolling out {shown(desired)} (from {shown(stable)}) in {len(canary.steps)} steps",
             )
         )
@@ -672,8 +613,8 @@ def _rollout(
         summary = _promoted(obs, desired, converged)
     else:
         summary = _running(rollout, canary, desired, unavailable)
-        summary.requeue = 0.2 if layout_actions else requeue
-    phase = transition(_current_phase(obs.status), summary.trigger)
+        summary.requeue = Requeue.NEXT_MOVE if layout_actions else requeue
+    state = _state_after(obs, summary.trigger, rollout)
     base = obs.status.model_copy(
         update={
             "canary": desired,
@@ -694,7 +635,7 @@ def _rollout(
         (canary_plugin_name(obs.release), after.canary),
     )
     update: dict[str, Any] = {
-        "phase": phase.value,
+        "phase": PHASE[state].value,
         "message": summary.message,
         "wasm_plugins": tuple(name for name, plugin in plugins if plugin),
         **summary.update,
@@ -703,7 +644,7 @@ def _rollout(
         update["last_applied_time"] = timestamp(now)
     status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, unavailable)
     return Decision(
-        phase=phase,
+        state=state,
         trigger=summary.trigger,
         status=status,
         actions=(*layout_actions, *requests, *_events(events + summary.events)),
@@ -794,14 +735,14 @@ def _retrying(obs: Observation, trigger: Trigger, problem: str) -> Decision:
         )
     if (obs.now - since).total_seconds() > deadline:
         return exceeded
-    phase = transition(_current_phase(obs.status), trigger)
+    state = _state_after(obs, trigger, obs.status.rollout)
     message = f"{problem}; {_keeps_running(obs.status)}"
     status = _conditions(
         obs, ready=False, progressing=True, degraded=False, reason=trigger.value, message=message
-    ).model_copy(update={"phase": phase.value, "message": message})
+    ).model_copy(update={"phase": PHASE[state].value, "message": message})
     if trigger is Trigger.MODULE_UNAVAILABLE:
         status = _module_condition(status, obs, "Unknown", trigger.value, problem)
     actions: tuple[Action, ...] = ()
     if obs.status.message != message:
         actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
-    return Decision(phase=phase, trigger=trigger, status=status, actions=actions)
+    return Decision(state=state, trigger=trigger, status=status, actions=actions)

@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from filterrelease.core import analysis
 from filterrelease.core.actions import (
     Action,
     ApplyWasmPlugin,
@@ -25,13 +24,8 @@ from filterrelease.core.actions import (
     MarkSplit,
 )
 from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
-from filterrelease.core.canary import (
-    REQUEST_ANNOTATION,
-    Needs,
-    background_metrics,
-    current_step,
-    parse_time,
-)
+from filterrelease.core.canary import REQUEST_ANNOTATION, Needs, parse_time, unmeasured
+from filterrelease.core.observation import Observation, derive
 from filterrelease.core.render import (
     ReleaseRef,
     canary_plugin_name,
@@ -40,7 +34,6 @@ from filterrelease.core.render import (
 )
 from filterrelease.core.rollout import (
     Decision,
-    Observation,
     action_failed,
     action_retrying,
     decide,
@@ -148,8 +141,9 @@ class Reconciler:
             self.forget(namespace, name)
             return None
         obs = await self._observe(body)
-        obs = await self._answer(obs, needs(obs))
-        decision = decide(obs)
+        ctx = derive(obs)
+        obs = await self._answer(obs, needs(obs, ctx))
+        decision = decide(obs, ctx)
         decision = await self._execute(body, obs, decision)
         self._metrics.reconciles.labels(namespace, name, decision.trigger.value).inc()
         self._metrics.set_phase(namespace, name, decision.phase)
@@ -238,10 +232,7 @@ class Reconciler:
     async def _answer(self, obs: Observation, need: Needs) -> Observation:
         """Ask the gates and take the measurements decide() needs, concurrently."""
         if not (need.gate or need.rollback_hooks or need.step_metrics or need.background_metrics):
-            if need.step_results or need.background_results:
-                due = self._due_in(obs, need)
-                return obs.model_copy(update=_results(need) | {"analysis_due_in": due})
-            return obs
+            return obs.model_copy(update=_results(need))
         spec = obs.spec
         if not isinstance(spec, FilterReleaseSpec) or spec.canary is None:
             raise TypeError("only a canary rollout needs gates and measurements")
@@ -278,10 +269,7 @@ class Reconciler:
         answered = need.model_copy(
             update={"step_results": step_results, "background_results": background_results}
         )
-        return obs.model_copy(
-            update=_results(answered)
-            | {"gates": gates, "analysis_due_in": self._due_in(obs, answered)}
-        )
+        return obs.model_copy(update=_results(answered) | {"gates": gates})
 
     async def _measure(
         self,
@@ -302,20 +290,7 @@ class Reconciler:
             since=parse_time(need.canary_since or need.step_started_at or ""),
         )
         if self._measurer is None:
-            now = obs.now
-            stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-            out = []
-            prior = {r.name: r for r in results}
-            for metric in metrics:
-                m = analysis.Measurement(
-                    metric=metric.name,
-                    phase=analysis.MeasurementPhase.ERROR,
-                    message="no Prometheus configured (FILTERRELEASE_PROMETHEUS_URL)",
-                    started_at=stamp,
-                    finished_at=stamp,
-                )
-                out.append(analysis.record(metric, prior.get(metric.name), m))
-            return tuple(out)
+            return unmeasured(metrics, results, obs.now)
         return await self._measurer.measure_due(
             metrics,
             {r.name: r for r in results},
@@ -323,19 +298,6 @@ class Reconciler:
             obs.now,
             parse_time(need.step_started_at or ""),
         )
-
-    def _due_in(self, obs: Observation, need: Needs) -> float | None:
-        spec = obs.spec
-        if not isinstance(spec, FilterReleaseSpec) or spec.canary is None:
-            return None
-        rollout = obs.status.rollout
-        metrics = list(background_metrics(spec.canary))
-        if rollout is not None and (step := current_step(rollout, spec.canary)) and step.analysis:
-            metrics += step.analysis.metrics
-        results = {r.name: r for r in need.step_results + need.background_results}
-        started = parse_time(need.step_started_at) if need.step_started_at else obs.now
-        wait = analysis.requeue_after(metrics, results, obs.now, started)
-        return wait.total_seconds() if wait is not None else None
 
     async def _execute(
         self, body: dict[str, Any], obs: Observation, decision: Decision

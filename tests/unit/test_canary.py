@@ -24,8 +24,9 @@ from filterrelease.core.actions import (
 )
 from filterrelease.core.analysis import MeasurementPhase, Metric, MetricResult
 from filterrelease.core.module import VerifiedModule
+from filterrelease.core.observation import Observation
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
-from filterrelease.core.rollout import Decision, Observation, decide, needs
+from filterrelease.core.rollout import Decision, decide, needs
 from filterrelease.core.rollout_state import (
     TRANSITIONS,
     IllegalTransitionError,

@@ -32,9 +32,13 @@ from pydantic import BaseModel, ConfigDict
 
 from filterrelease.core.analysis import (
     AnalysisPhase,
+    Measurement,
+    MeasurementPhase,
     Metric,
     MetricResult,
     assess_all,
+    record,
+    requeue_after,
 )
 from filterrelease.core.rollout_state import PauseReason, Reason, Requeue
 from filterrelease.core.spec import Canary, Step
@@ -207,6 +211,46 @@ def needs(
         step_started_at=rollout.step_started_at,
         canary_since=rollout.canary_since or rollout.step_started_at,
         checksum=rollout.revision,
+    )
+
+
+def analysis_due_in(
+    canary: Canary,
+    rollout: RolloutStatus | None,
+    results: tuple[MetricResult, ...],
+    *,
+    started: datetime,
+    now: datetime,
+) -> float | None:
+    """Seconds until the next background or current-step metric is due; None when every one
+    has its verdict."""
+    metrics = list(background_metrics(canary))
+    if rollout is not None and (step := current_step(rollout, canary)) and step.analysis:
+        metrics += step.analysis.metrics
+    wait = requeue_after(metrics, {r.name: r for r in results}, now, started)
+    return wait.total_seconds() if wait is not None else None
+
+
+def unmeasured(
+    metrics: tuple[Metric, ...], results: tuple[MetricResult, ...], now: datetime
+) -> tuple[MetricResult, ...]:
+    """What the due metrics record when no Prometheus is configured: an Error each, so the step
+    holds (and spec.strategy.canary.metricsOutage applies) as it would in an outage."""
+    stamp = timestamp(now)
+    prior = {r.name: r for r in results}
+    return tuple(
+        record(
+            metric,
+            prior.get(metric.name),
+            Measurement(
+                metric=metric.name,
+                phase=MeasurementPhase.ERROR,
+                message="no Prometheus configured (FILTERRELEASE_PROMETHEUS_URL)",
+                started_at=stamp,
+                finished_at=stamp,
+            ),
+        )
+        for metric in metrics
     )
 
 

@@ -25,15 +25,12 @@ from filterrelease.core.actions import (
     LabelPod,
     MarkSplit,
 )
-from filterrelease.core.analysis import MetricResult
 from filterrelease.core.layout import Layout, StepKind, Target, apply, plan
-from filterrelease.core.module import ModuleFailure, VerifiedModule
+from filterrelease.core.module import ModuleFailure
+from filterrelease.core.observation import Context, Observation, derive, split_target
 from filterrelease.core.render import (
     ReleaseRef,
     canary_plugin_name,
-    config_hash,
-    live_plugin_state,
-    module_version,
     render_plugin,
     stable_plugin_name,
 )
@@ -61,32 +58,8 @@ from filterrelease.core.status import (
     timestamp,
 )
 from filterrelease.core.tracks import CANARY, STABLE, track_label
-from filterrelease.core.webhooks import GateResult, HookType
 
 HISTORY_LIMIT = 10
-
-
-class Observation(BaseModel):
-    """Everything decide() may look at, gathered by the shell in one pass."""
-
-    model_config = ConfigDict(frozen=True)
-    release: ReleaseRef
-    spec: FilterReleaseSpec | SpecError
-    status: FilterReleaseStatus
-    # Live WasmPlugins in the release's namespace whose name the release renders, by name.
-    live_plugins: dict[str, dict[str, Any]]
-    # The module pre-flight's verdict; None only when the spec is invalid (nothing to check).
-    module: VerifiedModule | ModuleFailure | None = None
-    now: datetime
-    # Live pods the workload selector matches (terminating ones left out), name → labels.
-    pods: dict[str, dict[str, str]] = {}
-    # The manual request annotation's value, if one is pending.
-    request: str | None = None
-    # What the shell measured and asked for this decision (see needs()).
-    step_results: tuple[MetricResult, ...] = ()
-    background_results: tuple[MetricResult, ...] = ()
-    gates: dict[HookType, GateResult] = {}
-    analysis_due_in: float | None = None  # seconds until the next metric is due
 
 
 class Decision(BaseModel):
@@ -186,36 +159,6 @@ def shown(version: ModuleVersion) -> str:
     return f"{version.version} (config {version.config_hash[:8]})"
 
 
-def observed_layout(obs: Observation) -> Layout:
-    key = track_label(obs.release.name)
-    return Layout(
-        stable=live_plugin_state(
-            obs.release, obs.live_plugins.get(stable_plugin_name(obs.release))
-        ),
-        canary=live_plugin_state(
-            obs.release, obs.live_plugins.get(canary_plugin_name(obs.release))
-        ),
-        pods={name: labels.get(key) for name, labels in obs.pods.items()},
-        split=bool(obs.status.split),
-    )
-
-
-def last_good(obs: Observation) -> ModuleVersion | None:
-    """The last known good version, with the exact content to put back. A status written by an
-    operator version that kept no content takes it from the live stable plugin, if that still
-    carries the version the status names."""
-    stable = obs.status.stable
-    if stable is None or stable.content is not None:
-        return stable
-    live = obs.live_plugins.get(stable_plugin_name(obs.release))
-    if live is None:
-        return None
-    content = dict(live.get("spec") or {})
-    if config_hash(content) != stable.config_hash:
-        return None
-    return stable.model_copy(update={"content": content})
-
-
 def _to_actions(
     obs: Observation, layout: Layout, target: Target, versions: dict[str, ModuleVersion]
 ) -> tuple[list[Action], Layout]:
@@ -284,8 +227,9 @@ def _events(raw: tuple[tuple[str, str, str], ...] | list[tuple[str, str, str]]) 
     ]
 
 
-def decide(obs: Observation) -> Decision:
-    """What to do about one FilterRelease, given what was observed."""
+def decide(obs: Observation, ctx: Context | None = None) -> Decision:
+    """What to do about one FilterRelease, given what was observed (and the context derived
+    from it, if the caller derived it already for needs())."""
     if isinstance(obs.spec, SpecError):
         # Nothing is changed on the cluster: a rollout in progress holds where it is.
         return _degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
@@ -311,28 +255,21 @@ def decide(obs: Observation) -> Decision:
             obs, Trigger.MODULE_REJECTED, problem + module.message, module_reason=module.reason
         )
 
-    desired = module_version(obs.spec, obs.release.generation, module)
-    stable = last_good(obs)
-    canary = obs.spec.canary
+    ctx = derive(obs) if ctx is None else ctx
+    if ctx is None:
+        raise ValueError("a valid spec with a verified module has a context")
     verified = _module_condition(
         obs.status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
     ).model_copy(update={"module": module})
     obs = obs.model_copy(update={"status": verified})
-    if canary is None or stable is None or stable.config_hash == desired.config_hash:
-        # No canary strategy, the first release (nothing to canary against), or the stable
-        # version asked for again (e.g. a Git revert during a rollout): one version everywhere.
-        return _direct(obs, desired)
-    return _rollout(obs, canary, stable, desired)
+    if ctx.rollout is None:
+        return _direct(obs, ctx)
+    return _rollout(obs, ctx)
 
 
-def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
-    layout = observed_layout(obs)
-    # A stored desired version keeps the generation it came from while its content is unchanged.
-    if obs.status.applied is not None and obs.status.applied.config_hash == desired.config_hash:
-        desired = desired.model_copy(update={"generation": obs.status.applied.generation})
-    actions, after = _to_actions(
-        obs, layout, Target(stable=desired.config_hash), {desired.config_hash: desired}
-    )
+def _direct(obs: Observation, ctx: Context) -> Decision:
+    desired = ctx.desired
+    actions, after = _to_actions(obs, ctx.layout, ctx.target, {desired.config_hash: desired})
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
     trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
@@ -394,67 +331,44 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
     )
 
 
-def needs(obs: Observation) -> steps.Needs:
+def needs(obs: Observation, ctx: Context | None = None) -> steps.Needs:
     """What the next decide() on this observation needs measured or asked: the shell calls
     this first, fetches the answers, and puts them into the observation."""
-    if isinstance(obs.spec, SpecError) or not isinstance(obs.module, VerifiedModule):
+    ctx = derive(obs) if ctx is None else ctx
+    if ctx is None or ctx.rollout is None or ctx.canary is None:
         return steps.Needs()
-    canary = obs.spec.canary
-    stable = last_good(obs)
-    desired = module_version(obs.spec, obs.release.generation, obs.module)
-    if canary is None or stable is None or stable.config_hash == desired.config_hash:
-        return steps.Needs()
-    rollout = _current_rollout(obs, desired)
-    layout = observed_layout(obs)
-    target = _split_target(obs, rollout, stable, desired)
-    canary_pods = sum(1 for v in layout.pods.values() if v == CANARY)
     return steps.needs(
-        rollout, canary, converged=not plan(layout, target), canary_pods=canary_pods, now=obs.now
+        ctx.rollout,
+        ctx.canary,
+        converged=ctx.converged,
+        canary_pods=ctx.canary_pods,
+        now=obs.now,
     )
 
 
-def _current_rollout(obs: Observation, desired: ModuleVersion) -> RolloutStatus:
-    rollout = obs.status.rollout
-    if rollout is None or rollout.revision != desired.config_hash:
-        rollout = steps.start(desired.config_hash, obs.now)
-    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
-    if canary is not None and canary.waves is not None and rollout.waves is None:
-        # The waves are fixed when the rollout starts, from the pods selected then.
-        rollout = rollout.model_copy(update={"waves": steps.wave_values(canary, obs.pods)})
-    return rollout
-
-
-def _split_target(
-    obs: Observation, rollout: RolloutStatus, stable: ModuleVersion, desired: ModuleVersion
-) -> Target:
-    if rollout.aborted:
-        return Target(stable=stable.config_hash)
-    if rollout.promoting:
-        return Target(stable=desired.config_hash)
-    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
-    waves = steps.wave_target(rollout, canary, obs.pods) if canary else None
-    if waves is not None:
-        order, count = waves
-        return Target(
-            stable=stable.config_hash,
-            canary=desired.config_hash,
-            canary_pods=count,
-            canary_order=order,
-        )
-    count = steps.canary_pod_count(rollout.weight, len(obs.pods))
-    return Target(stable=stable.config_hash, canary=desired.config_hash, canary_pods=count)
+def _analysis_due_in(obs: Observation, ctx: Context) -> float | None:
+    """Seconds until the next metric is due, once the shell measured what needs() asked."""
+    need = needs(obs, ctx)
+    asked = need.gate or need.rollback_hooks or need.step_metrics or need.background_metrics
+    if ctx.canary is None or not (asked or need.step_results or need.background_results):
+        return None
+    return steps.analysis_due_in(
+        ctx.canary,
+        obs.status.rollout,
+        obs.step_results + obs.background_results,
+        started=steps.parse_time(need.step_started_at) if need.step_started_at else obs.now,
+        now=obs.now,
+    )
 
 
 def _progress(
-    obs: Observation,
-    canary: Canary,
-    rollout: RolloutStatus,
-    stable: ModuleVersion,
-    desired: ModuleVersion,
+    obs: Observation, ctx: Context, canary: Canary, rollout: RolloutStatus, stable: ModuleVersion
 ) -> tuple[RolloutStatus, float | None, str | None, list[tuple[str, str, str]]]:
     """Judge a running rollout: (rollout, requeue after, metrics-unavailable message, events)."""
-    layout = observed_layout(obs)
-    converged = not plan(layout, _split_target(obs, rollout, stable, desired))
+    converged = ctx.converged
+    if rollout != ctx.rollout:
+        # A request changed the rollout in this decision: its target may differ.
+        converged = not plan(ctx.layout, split_target(obs, rollout, stable, ctx.desired))
     deadline = (
         obs.spec.progress_deadline_seconds if isinstance(obs.spec, FilterReleaseSpec) else 600
     )
@@ -462,7 +376,7 @@ def _progress(
         why = f"no progress for {deadline}s (progressDeadlineSeconds)"
         aborted = rollout.model_copy(update={"aborted": why, "aborted_at": timestamp(obs.now)})
         return aborted, Requeue.UNWIND, None, [("Warning", Reason.ROLLING_BACK, why)]
-    due = obs.analysis_due_in
+    due = _analysis_due_in(obs, ctx)
     outcome = steps.judge(
         rollout,
         canary,
@@ -573,15 +487,14 @@ def _running(
     return _Summary(trigger=Trigger.ROLLING_OUT, message=message)
 
 
-def _rollout(
-    obs: Observation, canary: Canary, stable: ModuleVersion, desired: ModuleVersion
-) -> Decision:
+def _rollout(obs: Observation, ctx: Context) -> Decision:
+    if ctx.rollout is None or ctx.canary is None or ctx.stable is None:
+        raise ValueError("a rollout runs with a canary strategy and a stable version")
     now = obs.now
+    canary, rollout, stable, desired = ctx.canary, ctx.rollout, ctx.stable, ctx.desired
     events: list[tuple[str, str, str]] = []
     requests: list[Action] = []
-    rollout = _current_rollout(obs, desired)
-    previous = obs.status.rollout
-    if previous is None or previous.revision != desired.config_hash:
+    if ctx.started:
         events.append(
             (
                 "Normal",
@@ -597,15 +510,14 @@ def _rollout(
     requeue: float | None = None
     unavailable: str | None = None
     if not rollout.aborted and not rollout.promoting:
-        rollout, requeue, unavailable, judged = _progress(obs, canary, rollout, stable, desired)
+        rollout, requeue, unavailable, judged = _progress(obs, ctx, canary, rollout, stable)
         events += judged
 
     # Plan against the judged rollout: a weight just raised moves pods, and a rollback starts,
     # in this same decision.
-    layout = observed_layout(obs)
-    target = _split_target(obs, rollout, stable, desired)
+    target = split_target(obs, rollout, stable, desired)
     versions = {stable.config_hash: stable, desired.config_hash: desired}
-    layout_actions, after = _to_actions(obs, layout, target, versions)
+    layout_actions, after = _to_actions(obs, ctx.layout, target, versions)
     converged = not layout_actions
     if rollout.aborted:
         summary = _rolled_back(obs, rollout, stable, desired, converged)

@@ -24,7 +24,7 @@ from filterrelease.core.actions import (
     MarkSplit,
 )
 from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
-from filterrelease.core.canary import REQUEST_ANNOTATION, Needs, parse_time, unmeasured
+from filterrelease.core.canary import REQUEST_ANNOTATION, Needs, unmeasured
 from filterrelease.core.observation import Observation, derive
 from filterrelease.core.render import (
     ReleaseRef,
@@ -48,6 +48,7 @@ from filterrelease.core.spec import (
     referenced_templates,
 )
 from filterrelease.core.status import FilterReleaseStatus, merge_patch
+from filterrelease.core.timestamps import parse_timestamp
 from filterrelease.core.tracks import CANARY, track_label
 from filterrelease.core.webhooks import Event, GateResult, HookType, Subject
 from filterrelease.kube.api import KubeApi, KubeError
@@ -287,7 +288,7 @@ class Reconciler:
             workload_selector=spec.selector.match_labels,
             canary_pods=tuple(sorted(p for p, lb in obs.pods.items() if lb.get(track) == CANARY)),
             stable_pods=tuple(sorted(p for p, lb in obs.pods.items() if lb.get(track) != CANARY)),
-            since=parse_time(need.canary_since or need.step_started_at or ""),
+            since=parse_timestamp(need.canary_since or need.step_started_at or ""),
         )
         if self._measurer is None:
             return unmeasured(metrics, results, obs.now)
@@ -296,7 +297,7 @@ class Reconciler:
             {r.name: r for r in results},
             target,
             obs.now,
-            parse_time(need.step_started_at or ""),
+            parse_timestamp(need.step_started_at or ""),
         )
 
     async def _execute(

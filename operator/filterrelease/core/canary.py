@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -42,7 +42,8 @@ from filterrelease.core.analysis import (
 )
 from filterrelease.core.rollout_state import PauseReason, Reason, Requeue
 from filterrelease.core.spec import Canary, Step
-from filterrelease.core.status import RolloutStatus, timestamp
+from filterrelease.core.status import RolloutStatus
+from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
 from filterrelease.core.webhooks import GateResult, HookType
 
 FAST_FAIL = Metric.model_validate({"name": "wasm-fast-fail", "provider": {"wasm": {}}})
@@ -63,14 +64,6 @@ class Request(StrEnum):
 REQUEST_ANNOTATION = "filterrelease.dev/request"
 # The shortest time between two measurements of one metric (see _not_just_measured).
 MIN_GAP = 1.5
-
-
-def parse_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def since(stamp: str | None, now: datetime) -> float:
-    return (now - parse_time(stamp)).total_seconds() if stamp else 0.0
 
 
 def step_name(step: Step) -> str:
@@ -176,7 +169,9 @@ def _not_just_measured(
     """Leave out metrics measured less than MIN_GAP ago. A Wasm fast-fail metric is due at
     every decision, and every measurement changes the status, whose watch event asks for
     another decision: without a gap that would measure in a tight loop."""
-    last = {r.name: parse_time(r.measurements[-1].finished_at) for r in results if r.measurements}
+    last = {
+        r.name: parse_timestamp(r.measurements[-1].finished_at) for r in results if r.measurements
+    }
     return tuple(
         m for m in metrics if m.name not in last or (now - last[m.name]).total_seconds() >= MIN_GAP
     )
@@ -304,7 +299,7 @@ def judge(
         outage = canary.metrics_outage
         began = r.metrics_unavailable_since or timestamp(now)
         r = r.model_copy(update={"metrics_unavailable_since": began})
-        if outage.action == "Rollback" and since(began, now) > outage.after_seconds:
+        if outage.action == "Rollback" and seconds_since(began, now) > outage.after_seconds:
             return _abort(r, now, f"metrics unavailable for over {outage.after}: {unavailable}")
     elif r.metrics_unavailable_since is not None:
         r = r.model_copy(update={"metrics_unavailable_since": None})
@@ -397,7 +392,7 @@ def _judge_step(
             return Outcome(
                 rollout=r.model_copy(update={"paused": PauseReason.PAUSE_STEP}), events=(event,)
             )
-        waited = since(r.step_started_at, now)
+        waited = seconds_since(r.step_started_at, now)
         if waited < duration:
             return Outcome(rollout=r, requeue_after=min(duration - waited, next_due))
         return _passed(r, now, f"step {label}: paused {step.pause.duration}")

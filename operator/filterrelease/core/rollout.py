@@ -10,7 +10,7 @@ outcome in the status.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -55,8 +55,8 @@ from filterrelease.core.status import (
     ModuleVersion,
     RolloutStatus,
     set_condition,
-    timestamp,
 )
+from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
 from filterrelease.core.tracks import CANARY, STABLE, track_label
 
 HISTORY_LIMIT = 10
@@ -356,7 +356,7 @@ def _analysis_due_in(obs: Observation, ctx: Context) -> float | None:
         ctx.canary,
         obs.status.rollout,
         obs.step_results + obs.background_results,
-        started=steps.parse_time(need.step_started_at) if need.step_started_at else obs.now,
+        started=parse_timestamp(need.step_started_at) if need.step_started_at else obs.now,
         now=obs.now,
     )
 
@@ -372,7 +372,7 @@ def _progress(
     deadline = (
         obs.spec.progress_deadline_seconds if isinstance(obs.spec, FilterReleaseSpec) else 600
     )
-    if not converged and steps.since(rollout.step_started_at, obs.now) > deadline:
+    if not converged and seconds_since(rollout.step_started_at, obs.now) > deadline:
         why = f"no progress for {deadline}s (progressDeadlineSeconds)"
         aborted = rollout.model_copy(update={"aborted": why, "aborted_at": timestamp(obs.now)})
         return aborted, Requeue.UNWIND, None, [("Warning", Reason.ROLLING_BACK, why)]
@@ -429,7 +429,7 @@ def _rolled_back(
     events = []
     top = obs.status.history[0] if obs.status.history else None
     if top is None or top.config_hash != desired.config_hash or top.outcome != "RolledBack":
-        took = steps.since(rollout.aborted_at, obs.now)
+        took = seconds_since(rollout.aborted_at, obs.now)
         events.append(
             (
                 "Warning",
@@ -642,9 +642,7 @@ def _retrying(obs: Observation, trigger: Trigger, problem: str) -> Decision:
     progressing = obs.status.condition(ConditionType.PROGRESSING)
     since = obs.now
     if progressing is not None and progressing.status == "True":
-        since = datetime.strptime(progressing.last_transition_time, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=UTC
-        )
+        since = parse_timestamp(progressing.last_transition_time)
     if (obs.now - since).total_seconds() > deadline:
         return exceeded
     state = _state_after(obs, trigger, obs.status.rollout)

@@ -23,10 +23,11 @@ from filterrelease.core.actions import (
     MarkSplit,
 )
 from filterrelease.core.analysis import MeasurementPhase, Metric, MetricResult
+from filterrelease.core.decision import Decision
 from filterrelease.core.module import VerifiedModule
 from filterrelease.core.observation import Observation
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
-from filterrelease.core.rollout import Decision, decide, needs
+from filterrelease.core.rollout import decide, needs
 from filterrelease.core.rollout_state import (
     TRANSITIONS,
     IllegalTransitionError,

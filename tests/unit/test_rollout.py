@@ -12,15 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filterrelease.core.actions import ApplyWasmPlugin, EmitEvent
+from filterrelease.core.decision import Decision
+from filterrelease.core.failures import write_failed, write_retrying
 from filterrelease.core.module import ModuleFailure, Reason, VerifiedModule, reusable_resolution
 from filterrelease.core.observation import Observation, derive
 from filterrelease.core.render import ReleaseRef, render_wasmplugin
-from filterrelease.core.rollout import (
-    Decision,
-    decide,
-    write_failed,
-    write_retrying,
-)
+from filterrelease.core.rollout import decide
 from filterrelease.core.rollout_state import (
     PHASE,
     TRANSITIONS,

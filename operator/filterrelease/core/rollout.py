@@ -1,97 +1,44 @@
-"""The release state machine: decide(observation) -> decision. Pure; time is an input.
+"""decide(observation) -> decision, for one release. Pure; time is an input.
 
 Every state, event and legal move is listed in core/rollout_state.py; decide() obeys that
-table (it refuses any move the table does not list). What a canary step does is in
-core/canary.py; in which order WasmPlugins and pod labels change is in core/layout.py. decide()
-ties them together: it works out the target layout (one version everywhere, or stable and
-canary split by weight), asks the layout planner for the next safe changes, and records the
-outcome in the status.
+table (it refuses any move the table does not list). The context every decision starts from
+is derived once, in core/observation.py. What a canary step does is in core/canary.py; in which
+order WasmPlugins and pod labels change is in core/layout.py; how a decision reads in the
+status is in core/decision.py; the decisions that hold a release (invalid spec, conflict,
+module or write failures, the progress deadline) are in core/failures.py. decide() ties them
+together: it works out the target layout (one version everywhere, or stable and canary split by
+weight), asks the layout planner for the next safe changes, and records the outcome.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from filterrelease.core import canary as steps
-from filterrelease.core.actions import (
-    Action,
-    ApplyWasmPlugin,
-    ConsumeRequest,
-    DeleteWasmPlugin,
-    EmitEvent,
-    LabelPod,
-    MarkSplit,
+from filterrelease.core.actions import Action, ApplyWasmPlugin, ConsumeRequest, EmitEvent
+from filterrelease.core.decision import (
+    Decision,
+    event_actions,
+    remember,
+    shown,
+    state_after,
+    to_actions,
+    with_conditions,
+    with_metrics_condition,
+    with_module_condition,
+    with_tracks,
 )
-from filterrelease.core.layout import Layout, StepKind, Target, apply, plan
+from filterrelease.core.failures import degraded, retrying
+from filterrelease.core.layout import plan
 from filterrelease.core.module import ModuleFailure
 from filterrelease.core.observation import Context, Observation, derive, split_target
-from filterrelease.core.render import (
-    ReleaseRef,
-    canary_plugin_name,
-    render_plugin,
-    stable_plugin_name,
-)
-from filterrelease.core.rollout_state import (
-    PHASE,
-    Phase,
-    Reason,
-    Requeue,
-    RolloutState,
-    Trigger,
-    state_of,
-    superseded,
-    target_state,
-    transition,
-)
+from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
+from filterrelease.core.rollout_state import PHASE, Reason, Requeue, Trigger
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
-from filterrelease.core.status import (
-    ConditionStatus,
-    ConditionType,
-    FilterReleaseStatus,
-    HistoryEntry,
-    ModuleVersion,
-    RolloutStatus,
-    set_condition,
-)
+from filterrelease.core.status import ModuleVersion, RolloutStatus
 from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
-from filterrelease.core.tracks import CANARY, STABLE, track_label
-
-HISTORY_LIMIT = 10
-
-
-class Decision(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    state: RolloutState
-    trigger: Trigger
-    status: FilterReleaseStatus
-    actions: tuple[Action, ...] = ()
-    # Reconcile again after this many seconds (a canary step, a pause, a measurement is due).
-    requeue_after: float | None = None
-
-    @property
-    def phase(self) -> Phase:
-        return PHASE[self.state]
-
-    @property
-    def retry(self) -> bool:
-        """Whether the shell should reconcile again soon (with backoff) rather than wait for
-        the next watch event or resync: something transient is holding the release."""
-        return self.state is RolloutState.RETRYING
-
-
-def _state_after(obs: Observation, trigger: Trigger, rollout: RolloutStatus | None) -> RolloutState:
-    """The state this decision leads to, checked against the table."""
-    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
-    current = state_of(obs.status, canary)
-    previous = obs.status.rollout
-    if rollout is not None and (previous is None or previous.revision != rollout.revision):
-        # A new version starts a new rollout from the stable one: whatever the last rollout
-        # was doing is over (core/layout.py unwinds its pods).
-        current = superseded(current)
-    return transition(current, trigger, target_state(trigger, rollout, canary))
 
 
 def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
@@ -99,145 +46,17 @@ def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
     return any(o.get("uid") == release.uid and o.get("controller") for o in owners)
 
 
-def _conditions(
-    obs: Observation, *, ready: bool, progressing: bool, degraded: bool, reason: str, message: str
-) -> FilterReleaseStatus:
-    gen = obs.release.generation
-    conds = obs.status.conditions
-    for type_, flag in (
-        (ConditionType.READY, ready),
-        (ConditionType.PROGRESSING, progressing),
-        (ConditionType.DEGRADED, degraded),
-    ):
-        conds = set_condition(
-            conds, type_, "True" if flag else "False", reason, message, now=obs.now, generation=gen
-        )
-    return obs.status.model_copy(update={"conditions": conds, "observed_generation": gen})
-
-
-def _keeps_running(status: FilterReleaseStatus) -> str:
-    if status.applied:
-        return f"the proxies keep version {status.applied.version}"
-    return "nothing was released yet"
-
-
-def _module_condition(
-    status: FilterReleaseStatus, obs: Observation, flag: ConditionStatus, reason: str, message: str
-) -> FilterReleaseStatus:
-    conds = set_condition(
-        status.conditions,
-        ConditionType.MODULE_VERIFIED,
-        flag,
-        reason,
-        message,
-        now=obs.now,
-        generation=obs.release.generation,
-    )
-    return status.model_copy(update={"conditions": conds})
-
-
-def _degraded(
-    obs: Observation, trigger: Trigger, problem: str, module_reason: str | None = None
-) -> Decision:
-    state = _state_after(obs, trigger, obs.status.rollout)
-    message = f"{problem}; {_keeps_running(obs.status)}"
-    status = _conditions(
-        obs, ready=False, progressing=False, degraded=True, reason=trigger.value, message=message
-    ).model_copy(update={"phase": PHASE[state].value, "message": message})
-    if module_reason is not None:
-        status = _module_condition(status, obs, "False", module_reason, problem)
-    actions: tuple[Action, ...] = ()
-    # One Event per new problem, not one per resync.
-    if obs.status.message != message:
-        actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
-    return Decision(state=state, trigger=trigger, status=status, actions=actions)
-
-
-def shown(version: ModuleVersion) -> str:
-    """A version as people read it: the module's tag or digest, and which configuration (two
-    versions of one module differ only there)."""
-    return f"{version.version} (config {version.config_hash[:8]})"
-
-
-def _to_actions(
-    obs: Observation, layout: Layout, target: Target, versions: dict[str, ModuleVersion]
-) -> tuple[list[Action], Layout]:
-    """The layout planner's steps as actions on the cluster, and the layout they lead to."""
-    actions: list[Action] = []
-    key = track_label(obs.release.name)
-    for step in plan(layout, target):
-        match step.kind:
-            case StepKind.MARK_SPLIT:
-                actions.append(MarkSplit(split=step.split))
-            case StepKind.APPLY_STABLE | StepKind.APPLY_CANARY:
-                role = STABLE if step.kind == StepKind.APPLY_STABLE else CANARY
-                current = layout.stable if role == STABLE else layout.canary
-                manifest = render_plugin(
-                    obs.release, versions[step.content or ""], role, narrowed=step.narrowed
-                )
-                actions.append(ApplyWasmPlugin(manifest=manifest, created=current is None))
-            case StepKind.DELETE_CANARY:
-                live = obs.live_plugins.get(canary_plugin_name(obs.release), {})
-                uid = live.get("metadata", {}).get("uid")
-                actions.append(DeleteWasmPlugin(name=canary_plugin_name(obs.release), uid=uid))
-            case StepKind.LABEL:
-                actions.append(LabelPod(pod=step.pod or "", key=key, value=step.value))
-        layout = apply(layout, step)
-    return actions, layout
-
-
-def _tracks(status: FilterReleaseStatus, layout: Layout) -> FilterReleaseStatus:
-    canary = tuple(sorted(p for p, v in layout.pods.items() if v == CANARY))
-    stable = tuple(sorted(p for p, v in layout.pods.items() if v != CANARY))
-    weight = round(100 * len(canary) / len(layout.pods)) if layout.pods and canary else None
-    return status.model_copy(
-        update={
-            "canary_pods": canary if layout.canary else None,
-            "stable_pods": stable if layout.pods else None,
-            "canary_weight": weight if layout.canary else None,
-            "split": layout.split or None,
-        }
-    )
-
-
-def _remember(
-    history: tuple[HistoryEntry, ...],
-    version: ModuleVersion,
-    outcome: str,
-    now: datetime,
-    reason: str | None = None,
-) -> tuple[HistoryEntry, ...]:
-    top = history[0] if history else None
-    if top and top.config_hash == version.config_hash and top.outcome == outcome:
-        return history
-    entry = HistoryEntry(
-        version=version.version,
-        config_hash=version.config_hash,
-        outcome=outcome,
-        at=timestamp(now),
-        reason=reason,
-    )
-    return (entry, *history)[:HISTORY_LIMIT]
-
-
-def _events(raw: tuple[tuple[str, str, str], ...] | list[tuple[str, str, str]]) -> list[Action]:
-    return [
-        EmitEvent(type="Warning" if t == "Warning" else "Normal", reason=r, message=m)
-        for t, r, m in raw
-    ]
-
-
 def decide(obs: Observation, ctx: Context | None = None) -> Decision:
     """What to do about one FilterRelease, given what was observed (and the context derived
     from it, if the caller derived it already for needs())."""
     if isinstance(obs.spec, SpecError):
         # Nothing is changed on the cluster: a rollout in progress holds where it is.
-        return _degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
+        return degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
 
     for name in (stable_plugin_name(obs.release), canary_plugin_name(obs.release)):
         live = obs.live_plugins.get(name)
         if live is not None and not _owned_by(live, obs.release):
-            return _degraded(
+            return degraded(
                 obs,
                 Trigger.CONFLICT,
                 f"WasmPlugin {obs.release.namespace}/{name} exists and is not owned by this "
@@ -250,15 +69,15 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
     if isinstance(module, ModuleFailure):
         problem = f"module {obs.spec.module.url} failed pre-flight ({module.reason}): "
         if module.transient:
-            return _retrying(obs, Trigger.MODULE_UNAVAILABLE, problem + module.message)
-        return _degraded(
+            return retrying(obs, Trigger.MODULE_UNAVAILABLE, problem + module.message)
+        return degraded(
             obs, Trigger.MODULE_REJECTED, problem + module.message, module_reason=module.reason
         )
 
     ctx = derive(obs) if ctx is None else ctx
     if ctx is None:
         raise ValueError("a valid spec with a verified module has a context")
-    verified = _module_condition(
+    verified = with_module_condition(
         obs.status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
     ).model_copy(update={"module": module})
     obs = obs.model_copy(update={"status": verified})
@@ -269,13 +88,13 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
 
 def _direct(obs: Observation, ctx: Context) -> Decision:
     desired = ctx.desired
-    actions, after = _to_actions(obs, ctx.layout, ctx.target, {desired.config_hash: desired})
+    actions, after = to_actions(obs, ctx.layout, ctx.target, {desired.config_hash: desired})
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
     trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
-    state = _state_after(obs, trigger, obs.status.rollout)
+    state = state_after(obs, trigger, obs.status.rollout)
     message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
-    status = _conditions(
+    status = with_conditions(
         obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
     )
     rollout = obs.status.rollout
@@ -292,13 +111,13 @@ def _direct(obs: Observation, ctx: Context) -> Decision:
         "wasm_plugins": (name,),
         # The last rollout stays on show once it promoted this version; any other is over.
         "rollout": rollout if finished else None,
-        "history": _remember(obs.status.history, desired, "Released", obs.now)
+        "history": remember(obs.status.history, desired, "Released", obs.now)
         if not finished
         else obs.status.history,
     }
     if writes:
         update["last_applied_time"] = timestamp(obs.now)
-    status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, None)
+    status = with_metrics_condition(with_tracks(status.model_copy(update=update), after), obs, None)
     events: list[Action] = []
     for write in writes:
         verb = Reason.CREATED if write.created else Reason.UPDATED
@@ -438,7 +257,7 @@ def _rolled_back(
                 f"{took:.1f}s after the decision to roll back: {rollout.aborted}",
             )
         )
-    history = _remember(obs.status.history, desired, "RolledBack", obs.now, rollout.aborted)
+    history = remember(obs.status.history, desired, "RolledBack", obs.now, rollout.aborted)
     return _Summary(
         trigger=Trigger.ROLLED_BACK,
         message=message,
@@ -464,7 +283,7 @@ def _promoted(obs: Observation, desired: ModuleVersion, converged: bool) -> _Sum
             "stable": desired,
             "applied": desired,
             "canary": None,
-            "history": _remember(obs.status.history, desired, "Promoted", obs.now),
+            "history": remember(obs.status.history, desired, "Promoted", obs.now),
         },
     )
 
@@ -517,7 +336,7 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
     # in this same decision.
     target = split_target(obs, rollout, stable, desired)
     versions = {stable.config_hash: stable, desired.config_hash: desired}
-    layout_actions, after = _to_actions(obs, ctx.layout, target, versions)
+    layout_actions, after = to_actions(obs, ctx.layout, target, versions)
     converged = not layout_actions
     if rollout.aborted:
         summary = _rolled_back(obs, rollout, stable, desired, converged)
@@ -526,7 +345,7 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
     else:
         summary = _running(rollout, canary, desired, unavailable)
         summary.requeue = Requeue.NEXT_MOVE if layout_actions else requeue
-    state = _state_after(obs, summary.trigger, rollout)
+    state = state_after(obs, summary.trigger, rollout)
     base = obs.status.model_copy(
         update={
             "canary": desired,
@@ -534,7 +353,7 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
             "current_step": steps.step_label(rollout, canary),
         }
     )
-    status = _conditions(
+    status = with_conditions(
         obs.model_copy(update={"status": base}),
         ready=summary.ready,
         progressing=summary.progressing,
@@ -554,105 +373,13 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
     }
     if any(isinstance(a, ApplyWasmPlugin) for a in layout_actions):
         update["last_applied_time"] = timestamp(now)
-    status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, unavailable)
+    status = with_metrics_condition(
+        with_tracks(status.model_copy(update=update), after), obs, unavailable
+    )
     return Decision(
         state=state,
         trigger=summary.trigger,
         status=status,
-        actions=(*layout_actions, *requests, *_events(events + summary.events)),
+        actions=(*layout_actions, *requests, *event_actions(events + summary.events)),
         requeue_after=summary.requeue,
     )
-
-
-def _metrics_condition(
-    status: FilterReleaseStatus, obs: Observation, unavailable: str | None
-) -> FilterReleaseStatus:
-    old = status.condition(ConditionType.METRICS_UNAVAILABLE)
-    if unavailable is None and old is None:
-        return status  # never set for releases without analysis: keep their status short
-    conds = set_condition(
-        status.conditions,
-        ConditionType.METRICS_UNAVAILABLE,
-        "True" if unavailable else "False",
-        "MeasurementError" if unavailable else "Measuring",
-        unavailable or "",
-        now=obs.now,
-        generation=obs.release.generation,
-    )
-    return status.model_copy(update={"conditions": conds})
-
-
-def action_failed(obs: Observation, decision: Decision, failed: Action, error: str) -> Decision:
-    """The decision to record when the API server refused an action decide() asked for. The
-    actions before it took effect; each is safe on its own, so the cluster is in a safe state,
-    and the next reconcile plans again from what it observes."""
-    return _degraded(
-        obs, Trigger.WRITE_FAILED, f"the API server refused {_describe(failed)}: {error}"
-    )
-
-
-def action_retrying(obs: Observation, decision: Decision, failed: Action, error: str) -> Decision:
-    """The decision to record when an action failed on something transient and will be retried."""
-    return _retrying(obs, Trigger.WRITE_RETRYING, f"retrying {_describe(failed)}: {error}")
-
-
-def write_failed(obs: Observation, decision: Decision, error: str) -> Decision:
-    failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
-    return action_failed(obs, decision, failed, error)
-
-
-def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision:
-    failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
-    return action_retrying(obs, decision, failed, error)
-
-
-def _describe(action: Action) -> str:
-    match action:
-        case ApplyWasmPlugin():
-            return f"the write of WasmPlugin {action.name}"
-        case DeleteWasmPlugin():
-            return f"the deletion of WasmPlugin {action.name}"
-        case LabelPod():
-            return f"the label {action.key}={action.value} on pod {action.pod}"
-        case _:
-            return action.kind
-
-
-def _retrying(obs: Observation, trigger: Trigger, problem: str) -> Decision:
-    """Hold on something transient: Progressing (the proxies keep what they run) until it passes,
-    or until it has lasted longer than spec.progressDeadlineSeconds, counted from when
-    Progressing turned True, after which the release is Degraded with ProgressDeadlineExceeded
-    and stays so (no flapping) until it passes or the spec changes."""
-    if not isinstance(obs.spec, FilterReleaseSpec):
-        raise TypeError("only a valid spec can be retried")
-    deadline = obs.spec.progress_deadline_seconds
-    exceeded = _degraded(
-        obs,
-        Trigger.DEADLINE_EXCEEDED,
-        f"{problem} (for longer than progressDeadlineSeconds, {deadline}s)",
-    )
-    degraded = obs.status.condition(ConditionType.DEGRADED)
-    if (
-        degraded is not None
-        and degraded.status == "True"
-        and degraded.reason == Trigger.DEADLINE_EXCEEDED
-        and degraded.observed_generation == obs.release.generation
-    ):
-        return exceeded
-    progressing = obs.status.condition(ConditionType.PROGRESSING)
-    since = obs.now
-    if progressing is not None and progressing.status == "True":
-        since = parse_timestamp(progressing.last_transition_time)
-    if (obs.now - since).total_seconds() > deadline:
-        return exceeded
-    state = _state_after(obs, trigger, obs.status.rollout)
-    message = f"{problem}; {_keeps_running(obs.status)}"
-    status = _conditions(
-        obs, ready=False, progressing=True, degraded=False, reason=trigger.value, message=message
-    ).model_copy(update={"phase": PHASE[state].value, "message": message})
-    if trigger is Trigger.MODULE_UNAVAILABLE:
-        status = _module_condition(status, obs, "Unknown", trigger.value, problem)
-    actions: tuple[Action, ...] = ()
-    if obs.status.message != message:
-        actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
-    return Decision(state=state, trigger=trigger, status=status, actions=actions)

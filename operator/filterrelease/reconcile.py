@@ -24,9 +24,9 @@ from filterrelease.core.actions import (
     MarkSplit,
 )
 from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
-from filterrelease.core.canary import REQUEST_ANNOTATION, Needs, unmeasured
 from filterrelease.core.decision import Decision
 from filterrelease.core.failures import action_failed, action_retrying
+from filterrelease.core.needs import Needs, unmeasured
 from filterrelease.core.observation import Observation, derive
 from filterrelease.core.render import (
     ReleaseRef,
@@ -34,6 +34,7 @@ from filterrelease.core.render import (
     live_plugin_state,
     stable_plugin_name,
 )
+from filterrelease.core.requests import REQUEST_ANNOTATION
 from filterrelease.core.rollout import decide, needs
 from filterrelease.core.rollout_state import FLAGGER_PHASE
 from filterrelease.core.spec import (

@@ -1,4 +1,4 @@
-"""The canary rollout's steps, gates, analysis and manual requests. Pure; time is an input.
+"""The canary rollout's steps and verdicts on them. Pure; time is an input.
 
 A rollout is recorded in status.rollout and moves forward one decision at a time:
 
@@ -19,6 +19,9 @@ rollback, unless spec.strategy.canary.metricsOutage says to roll back after a wh
 Nothing here runs a step twice: the step index only moves forward, and it moves in the same
 status write that records the step's outcome, so a crash either loses the whole decision (the
 step is judged again from what is observed) or none of it.
+
+What a decision needs measured or asked first is in core/needs.py; a person's requests
+(promote, abort, pause, …) in core/requests.py.
 """
 
 from __future__ import annotations
@@ -26,44 +29,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime
-from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
 
 from filterrelease.core.analysis import (
     AnalysisPhase,
-    Measurement,
-    MeasurementPhase,
-    Metric,
     MetricResult,
     assess_all,
-    record,
-    requeue_after,
 )
 from filterrelease.core.rollout_state import PauseReason, Reason, Requeue
 from filterrelease.core.spec import Canary, Step
 from filterrelease.core.status import RolloutStatus
-from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
+from filterrelease.core.timestamps import seconds_since, timestamp
 from filterrelease.core.webhooks import GateResult, HookType
-
-FAST_FAIL = Metric.model_validate({"name": "wasm-fast-fail", "provider": {"wasm": {}}})
-
-
-class Request(StrEnum):
-    """Manual control, through the filterrelease.dev/request annotation (never the spec, so a
-    GitOps tool sees no drift)."""
-
-    PROMOTE = "promote"  # end the current pause or analysis step and go on
-    PROMOTE_FULL = "promote-full"  # skip the remaining steps and promote now
-    ABORT = "abort"  # roll back now
-    PAUSE = "pause"  # hold where the rollout is
-    RESUME = "resume"  # end a manual pause, or a pause for an inconclusive analysis
-    RETRY = "retry"  # start a rolled-back version's rollout again
-
-
-REQUEST_ANNOTATION = "filterrelease.dev/request"
-# The shortest time between two measurements of one metric (see _not_just_measured).
-MIN_GAP = 1.5
 
 
 def step_name(step: Step) -> str:
@@ -136,117 +114,6 @@ def advance(rollout: RolloutStatus, now: datetime) -> RolloutStatus:
 
 def current_step(rollout: RolloutStatus, canary: Canary) -> Step | None:
     return canary.steps[rollout.step] if rollout.step < len(canary.steps) else None
-
-
-# --- what the shell must fetch before deciding ---------------------------------------------
-
-
-class Needs(BaseModel):
-    """What a decision on a running rollout needs from the outside: gate answers and
-    measurements (with the results so far, which the shell adds the new ones to). The shell
-    asks for them, then calls decide() with the answers."""
-
-    model_config = ConfigDict(frozen=True)
-    gate: HookType | None = None
-    step_metrics: tuple[Metric, ...] = ()
-    background_metrics: tuple[Metric, ...] = ()
-    rollback_hooks: bool = False
-    step_results: tuple[MetricResult, ...] = ()
-    background_results: tuple[MetricResult, ...] = ()
-    step_started_at: str | None = None
-    canary_since: str | None = None  # analysis counts the canary pods' traffic from here
-    checksum: str = ""  # the version rolled out, for webhook payloads
-
-
-def background_metrics(canary: Canary) -> tuple[Metric, ...]:
-    metrics = tuple(canary.analysis.metrics) if canary.analysis else ()
-    return ((FAST_FAIL,) if canary.wasm_fast_fail else ()) + metrics
-
-
-def _not_just_measured(
-    metrics: tuple[Metric, ...], results: tuple[MetricResult, ...], now: datetime
-) -> tuple[Metric, ...]:
-    """Leave out metrics measured less than MIN_GAP ago. A Wasm fast-fail metric is due at
-    every decision, and every measurement changes the status, whose watch event asks for
-    another decision: without a gap that would measure in a tight loop."""
-    last = {
-        r.name: parse_timestamp(r.measurements[-1].finished_at) for r in results if r.measurements
-    }
-    return tuple(
-        m for m in metrics if m.name not in last or (now - last[m.name]).total_seconds() >= MIN_GAP
-    )
-
-
-def needs(
-    rollout: RolloutStatus, canary: Canary, *, converged: bool, canary_pods: int, now: datetime
-) -> Needs:
-    """Gates and measurements for this decision. Analysis only measures canary pods that are
-    running the canary version (a converged layout); gates guard the steps that move pods."""
-    if rollout.aborted or rollout.promoting:
-        return Needs(checksum=rollout.revision)
-    measuring = converged and canary_pods > 0
-    step = current_step(rollout, canary)
-    gate = None
-    if converged and rollout.paused is None:
-        if step is None:
-            gate = HookType.CONFIRM_PROMOTION
-        elif step.set_weight is not None and rollout.weight == 0 and rollout.wave == 0:
-            gate = HookType.PRE_ROLLOUT
-    step_metrics: tuple[Metric, ...] = ()
-    if measuring and step is not None and step.analysis is not None and rollout.paused is None:
-        step_metrics = tuple(step.analysis.metrics)
-    background = background_metrics(canary) if measuring else ()
-    return Needs(
-        gate=gate,
-        step_metrics=_not_just_measured(step_metrics, rollout.analysis, now),
-        background_metrics=_not_just_measured(background, rollout.background, now),
-        rollback_hooks=measuring,
-        step_results=rollout.analysis,
-        background_results=rollout.background,
-        step_started_at=rollout.step_started_at,
-        canary_since=rollout.canary_since or rollout.step_started_at,
-        checksum=rollout.revision,
-    )
-
-
-def analysis_due_in(
-    canary: Canary,
-    rollout: RolloutStatus | None,
-    results: tuple[MetricResult, ...],
-    *,
-    started: datetime,
-    now: datetime,
-) -> float | None:
-    """Seconds until the next background or current-step metric is due; None when every one
-    has its verdict."""
-    metrics = list(background_metrics(canary))
-    if rollout is not None and (step := current_step(rollout, canary)) and step.analysis:
-        metrics += step.analysis.metrics
-    wait = requeue_after(metrics, {r.name: r for r in results}, now, started)
-    return wait.total_seconds() if wait is not None else None
-
-
-def unmeasured(
-    metrics: tuple[Metric, ...], results: tuple[MetricResult, ...], now: datetime
-) -> tuple[MetricResult, ...]:
-    """What the due metrics record when no Prometheus is configured: an Error each, so the step
-    holds (and spec.strategy.canary.metricsOutage applies) as it would in an outage."""
-    stamp = timestamp(now)
-    prior = {r.name: r for r in results}
-    return tuple(
-        record(
-            metric,
-            prior.get(metric.name),
-            Measurement(
-                metric=metric.name,
-                phase=MeasurementPhase.ERROR,
-                message="no Prometheus configured (FILTERRELEASE_PROMETHEUS_URL)",
-                started_at=stamp,
-                finished_at=stamp,
-            ),
-        )
-        for metric in metrics
-    )
 
 
 # --- the verdicts ---------------------------------------------------------------------------
@@ -415,58 +282,3 @@ def _judge_step(
     if verdict == AnalysisPhase.SUCCESSFUL:
         return _passed(r, now, f"step {label}: analysis successful")
     return Outcome(rollout=r, requeue_after=next_due)
-
-
-def apply_request(
-    request: str, rollout: RolloutStatus, canary: Canary, now: datetime
-) -> tuple[RolloutStatus, tuple[str, str, str]]:
-    """A person's request; returns the rollout and the Event that says what was done."""
-    who = "by request"
-    match request:
-        case Request.ABORT if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(
-                update={"aborted": f"aborted {who}", "aborted_at": timestamp(now)}
-            ), ("Warning", Reason.ROLLING_BACK, f"aborted {who}: rolling back")
-        case Request.PROMOTE_FULL if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(update={"promoting": True, "paused": None}), (
-                "Normal",
-                Reason.PROMOTING,
-                f"promoted {who}, skipping the remaining steps",
-            )
-        case Request.PROMOTE if not rollout.aborted and not rollout.promoting:
-            step = current_step(rollout, canary)
-            if step is not None and step.set_weight is not None:
-                # A weight step only moves pods: promoting past it would skip the move.
-                return rollout.model_copy(update={"paused": None}), (
-                    "Normal",
-                    Reason.RESUMED,
-                    f"promote {who}: resumed",
-                )
-            return advance(rollout, now), (
-                "Normal",
-                Reason.STEP_PASSED,
-                f"step {step_label(rollout, canary)} promoted {who}",
-            )
-        case Request.PAUSE if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(update={"paused": PauseReason.MANUAL}), (
-                "Normal",
-                Reason.PAUSED,
-                f"paused {who}",
-            )
-        case Request.RESUME if rollout.paused in (PauseReason.MANUAL, PauseReason.INCONCLUSIVE):
-            return rollout.model_copy(update={"paused": None, "analysis": ()}), (
-                "Normal",
-                Reason.RESUMED,
-                f"resumed {who}",
-            )
-        case Request.RETRY if rollout.aborted:
-            return start(rollout.revision, now), (
-                "Normal",
-                Reason.RETRYING,
-                f"rollout restarted {who}",
-            )
-    return rollout, (
-        "Warning",
-        Reason.REQUEST_IGNORED,
-        f"request {request!r} does not apply now (see README: manual control)",
-    )

@@ -33,8 +33,10 @@ from filterrelease.core.decision import (
 from filterrelease.core.failures import degraded, retrying
 from filterrelease.core.layout import plan
 from filterrelease.core.module import ModuleFailure
+from filterrelease.core.needs import Needs, analysis_due_in, rollout_needs
 from filterrelease.core.observation import Context, Observation, derive, split_target
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
+from filterrelease.core.requests import apply_request
 from filterrelease.core.rollout_state import PHASE, Reason, Requeue, Trigger
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
 from filterrelease.core.status import ModuleVersion, RolloutStatus
@@ -150,13 +152,13 @@ def _direct(obs: Observation, ctx: Context) -> Decision:
     )
 
 
-def needs(obs: Observation, ctx: Context | None = None) -> steps.Needs:
+def needs(obs: Observation, ctx: Context | None = None) -> Needs:
     """What the next decide() on this observation needs measured or asked: the shell calls
     this first, fetches the answers, and puts them into the observation."""
     ctx = derive(obs) if ctx is None else ctx
     if ctx is None or ctx.rollout is None or ctx.canary is None:
-        return steps.Needs()
-    return steps.needs(
+        return Needs()
+    return rollout_needs(
         ctx.rollout,
         ctx.canary,
         converged=ctx.converged,
@@ -171,7 +173,7 @@ def _analysis_due_in(obs: Observation, ctx: Context) -> float | None:
     asked = need.gate or need.rollback_hooks or need.step_metrics or need.background_metrics
     if ctx.canary is None or not (asked or need.step_results or need.background_results):
         return None
-    return steps.analysis_due_in(
+    return analysis_due_in(
         ctx.canary,
         obs.status.rollout,
         obs.step_results + obs.background_results,
@@ -322,7 +324,7 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
             )
         )
     if obs.request is not None:
-        rollout, event = steps.apply_request(obs.request, rollout, canary, now)
+        rollout, event = apply_request(obs.request, rollout, canary, now)
         events.append(event)
         requests.append(ConsumeRequest(request=obs.request))
 

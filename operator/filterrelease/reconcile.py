@@ -347,11 +347,10 @@ class Reconciler:
                     if isinstance(spec, FilterReleaseSpec) and spec.selector
                     else {}
                 )
-                # Admission first, then the record: from here on new pods get a track label.
+                # Admission first: from here on new pods get a track label. status.split is
+                # recorded by this decision's one status write, after every action; narrowing
+                # waits for a reconcile that observes it (core/layout.py), so it follows both.
                 self._on_split(ns, obs.release.name, labels, action.split)
-                await self._kube.patch_release_status(
-                    ns, obs.release.name, {"split": True if action.split else None}
-                )
             case ConsumeRequest():
                 await self._kube.remove_release_annotation(ns, obs.release.name, REQUEST_ANNOTATION)
 

@@ -96,6 +96,7 @@ class World:
         self.analysis_phase = MeasurementPhase.SUCCESSFUL
         self.fast_fail_phase = MeasurementPhase.SUCCESSFUL
         self.gates: dict[HookType, GateResult] = {}
+        self.admission_split = False  # what the reconciler told the admission webhook
 
     def release(self, tag: str, **canary: Any) -> None:
         self.spec = spec(tag, **canary)
@@ -171,7 +172,7 @@ class World:
                     else:
                         self.pods[action.pod][action.key] = action.value
             case MarkSplit():
-                self.status = self.status.model_copy(update={"split": action.split or None})
+                self.admission_split = action.split
             case ConsumeRequest():
                 self.request = None
             case EmitEvent():
@@ -185,7 +186,8 @@ class World:
 
     def create_pod(self, name: str) -> None:
         labels = {"app": "web"}
-        if self.status.split:  # the admission webhook
+        # The admission webhook: split if the watch (the status) or the reconciler says so.
+        if self.status.split or self.admission_split:
             labels[KEY] = STABLE
         self.pods[name] = labels
 

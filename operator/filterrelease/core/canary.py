@@ -199,6 +199,40 @@ def _gate_closed(gates: Mapping[HookType, GateResult], hook: HookType) -> str | 
     return f"{hook.value}: {answer.message}" if answer is not None and not answer.passed else None
 
 
+def _after_last_step(
+    r: RolloutStatus, canary: Canary, now: datetime, gates: Mapping[HookType, GateResult]
+) -> Outcome:
+    """Every step passed: the next wave starts, or the promotion is confirmed and starts."""
+    if r.waves is not None and r.wave + 1 < len(r.waves):
+        # This wave passed every step: it stays on the canary, and the steps start again
+        # on the next one.
+        nxt = r.model_copy(
+            update={
+                "wave": r.wave + 1,
+                "step": 0,
+                "weight": 0,
+                "step_started_at": timestamp(now),
+                "analysis": (),
+                "gate": None,
+            }
+        )
+        key = canary.waves.by_label if canary.waves else ""
+        event = (
+            "Normal",
+            Reason.WAVE_STARTED,
+            f"wave {r.wave + 2}/{len(r.waves)} "
+            f"({key}={r.waves[r.wave + 1] or '(none)'}): the steps start again",
+        )
+        return Outcome(rollout=nxt, events=(event,), requeue_after=Requeue.NEXT_MOVE)
+    if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
+        return Outcome(
+            rollout=r.model_copy(update={"gate": closed}), requeue_after=Requeue.GATE_CLOSED
+        )
+    promoting = r.model_copy(update={"promoting": True, "gate": None})
+    events = (("Normal", Reason.PROMOTING, "every step passed: promoting"),)
+    return Outcome(rollout=promoting, events=events, requeue_after=Requeue.NEXT_MOVE)
+
+
 def _judge_step(
     r: RolloutStatus,
     canary: Canary,
@@ -209,34 +243,7 @@ def _judge_step(
     """The current step, on a converged layout that is not paused."""
     step = current_step(r, canary)
     if step is None:
-        if r.waves is not None and r.wave + 1 < len(r.waves):
-            # This wave passed every step: it stays on the canary, and the steps start again
-            # on the next one.
-            nxt = r.model_copy(
-                update={
-                    "wave": r.wave + 1,
-                    "step": 0,
-                    "weight": 0,
-                    "step_started_at": timestamp(now),
-                    "analysis": (),
-                    "gate": None,
-                }
-            )
-            key = canary.waves.by_label if canary.waves else ""
-            event = (
-                "Normal",
-                Reason.WAVE_STARTED,
-                f"wave {r.wave + 2}/{len(r.waves)} "
-                f"({key}={r.waves[r.wave + 1] or '(none)'}): the steps start again",
-            )
-            return Outcome(rollout=nxt, events=(event,), requeue_after=Requeue.NEXT_MOVE)
-        if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
-            return Outcome(
-                rollout=r.model_copy(update={"gate": closed}), requeue_after=Requeue.GATE_CLOSED
-            )
-        promoting = r.model_copy(update={"promoting": True, "gate": None})
-        events = (("Normal", Reason.PROMOTING, "every step passed: promoting"),)
-        return Outcome(rollout=promoting, events=events, requeue_after=Requeue.NEXT_MOVE)
+        return _after_last_step(r, canary, now, gates)
 
     label = step_label(r, canary)
     if step.set_weight is not None:

@@ -31,15 +31,15 @@ from filterrelease.core.decision import (
     with_tracks,
 )
 from filterrelease.core.failures import degraded, retrying
-from filterrelease.core.layout import plan
+from filterrelease.core.layout import Layout, plan
 from filterrelease.core.module import ModuleFailure
 from filterrelease.core.needs import Needs, analysis_due_in, rollout_needs
 from filterrelease.core.observation import Context, Observation, derive, split_target
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
 from filterrelease.core.requests import apply_request
-from filterrelease.core.rollout_state import PHASE, Reason, Requeue, Trigger
+from filterrelease.core.rollout_state import PHASE, Reason, Requeue, RolloutState, Trigger
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
-from filterrelease.core.status import ModuleVersion, RolloutStatus
+from filterrelease.core.status import FilterReleaseStatus, ModuleVersion, RolloutStatus
 from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
 
 
@@ -348,11 +348,35 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
         summary = _running(rollout, canary, desired, unavailable)
         summary.requeue = Requeue.NEXT_MOVE if layout_actions else requeue
     state = state_after(obs, summary.trigger, rollout)
+    status = _rollout_status(
+        obs, ctx, rollout, summary, state=state, layout_actions=layout_actions, after=after
+    )
+    status = with_metrics_condition(status, obs, unavailable)
+    return Decision(
+        state=state,
+        trigger=summary.trigger,
+        status=status,
+        actions=(*layout_actions, *requests, *event_actions(events + summary.events)),
+        requeue_after=summary.requeue,
+    )
+
+
+def _rollout_status(
+    obs: Observation,
+    ctx: Context,
+    rollout: RolloutStatus,
+    summary: _Summary,
+    *,
+    state: RolloutState,
+    layout_actions: list[Action],
+    after: Layout,
+) -> FilterReleaseStatus:
+    """How a decision on a rollout reads in the status."""
     base = obs.status.model_copy(
         update={
-            "canary": desired,
+            "canary": ctx.desired,
             "rollout": rollout,
-            "current_step": steps.step_label(rollout, canary),
+            "current_step": steps.step_label(rollout, ctx.canary) if ctx.canary else None,
         }
     )
     status = with_conditions(
@@ -374,14 +398,5 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
         **summary.update,
     }
     if any(isinstance(a, ApplyWasmPlugin) for a in layout_actions):
-        update["last_applied_time"] = timestamp(now)
-    status = with_metrics_condition(
-        with_tracks(status.model_copy(update=update), after), obs, unavailable
-    )
-    return Decision(
-        state=state,
-        trigger=summary.trigger,
-        status=status,
-        actions=(*layout_actions, *requests, *event_actions(events + summary.events)),
-        requeue_after=summary.requeue,
-    )
+        update["last_applied_time"] = timestamp(obs.now)
+    return with_tracks(status.model_copy(update=update), after)

@@ -111,93 +111,93 @@ class RolloutState(StrEnum):
     ROLLED_BACK = "RolledBack"  # every pod is back; stays so until the spec changes or a retry
 
 
-S = RolloutState
+_S = RolloutState  # the table below reads better short
 PHASE: dict[RolloutState, Phase] = {
-    S.PENDING: Phase.PENDING,
-    S.STEADY: Phase.HEALTHY,
-    S.RETRYING: Phase.PROGRESSING,
-    S.DEGRADED: Phase.DEGRADED,
-    S.STEPPING: Phase.PROGRESSING,
-    S.WAITING: Phase.PROGRESSING,
-    S.ANALYSING: Phase.PROGRESSING,
-    S.WAITING_ON_GATE: Phase.PROGRESSING,
-    S.HOLDING: Phase.PROGRESSING,
-    S.PAUSED_STEP: Phase.PAUSED,
-    S.PAUSED_INCONCLUSIVE: Phase.PAUSED,
-    S.PAUSED_MANUAL: Phase.PAUSED,
-    S.PROMOTING: Phase.PROGRESSING,
-    S.ROLLING_BACK: Phase.DEGRADED,
-    S.ROLLED_BACK: Phase.DEGRADED,
+    _S.PENDING: Phase.PENDING,
+    _S.STEADY: Phase.HEALTHY,
+    _S.RETRYING: Phase.PROGRESSING,
+    _S.DEGRADED: Phase.DEGRADED,
+    _S.STEPPING: Phase.PROGRESSING,
+    _S.WAITING: Phase.PROGRESSING,
+    _S.ANALYSING: Phase.PROGRESSING,
+    _S.WAITING_ON_GATE: Phase.PROGRESSING,
+    _S.HOLDING: Phase.PROGRESSING,
+    _S.PAUSED_STEP: Phase.PAUSED,
+    _S.PAUSED_INCONCLUSIVE: Phase.PAUSED,
+    _S.PAUSED_MANUAL: Phase.PAUSED,
+    _S.PROMOTING: Phase.PROGRESSING,
+    _S.ROLLING_BACK: Phase.DEGRADED,
+    _S.ROLLED_BACK: Phase.DEGRADED,
 }
 _PAUSED: dict[str, RolloutState] = {
-    PauseReason.PAUSE_STEP: S.PAUSED_STEP,
-    PauseReason.INCONCLUSIVE: S.PAUSED_INCONCLUSIVE,
-    PauseReason.MANUAL: S.PAUSED_MANUAL,
+    PauseReason.PAUSE_STEP: _S.PAUSED_STEP,
+    PauseReason.INCONCLUSIVE: _S.PAUSED_INCONCLUSIVE,
+    PauseReason.MANUAL: _S.PAUSED_MANUAL,
 }
 # The states an event leads to whatever the rollout says (the others: target_state()).
 _LEADS_TO: dict[Trigger, RolloutState] = {
-    Trigger.SPEC_INVALID: S.DEGRADED,
-    Trigger.CONFLICT: S.DEGRADED,
-    Trigger.WRITE: S.STEADY,  # a write is expected to land; WRITE_FAILED corrects it
-    Trigger.IN_SYNC: S.STEADY,
-    Trigger.WRITE_FAILED: S.DEGRADED,
-    Trigger.WRITE_RETRYING: S.RETRYING,
-    Trigger.MODULE_REJECTED: S.DEGRADED,
-    Trigger.MODULE_UNAVAILABLE: S.RETRYING,
-    Trigger.DEADLINE_EXCEEDED: S.DEGRADED,
-    Trigger.METRICS_UNAVAILABLE: S.HOLDING,
-    Trigger.PROMOTING: S.PROMOTING,
-    Trigger.PROMOTED: S.STEADY,
-    Trigger.ROLLING_BACK: S.ROLLING_BACK,
-    Trigger.ROLLED_BACK: S.ROLLED_BACK,
+    Trigger.SPEC_INVALID: _S.DEGRADED,
+    Trigger.CONFLICT: _S.DEGRADED,
+    Trigger.WRITE: _S.STEADY,  # a write is expected to land; WRITE_FAILED corrects it
+    Trigger.IN_SYNC: _S.STEADY,
+    Trigger.WRITE_FAILED: _S.DEGRADED,
+    Trigger.WRITE_RETRYING: _S.RETRYING,
+    Trigger.MODULE_REJECTED: _S.DEGRADED,
+    Trigger.MODULE_UNAVAILABLE: _S.RETRYING,
+    Trigger.DEADLINE_EXCEEDED: _S.DEGRADED,
+    Trigger.METRICS_UNAVAILABLE: _S.HOLDING,
+    Trigger.PROMOTING: _S.PROMOTING,
+    Trigger.PROMOTED: _S.STEADY,
+    Trigger.ROLLING_BACK: _S.ROLLING_BACK,
+    Trigger.ROLLED_BACK: _S.ROLLED_BACK,
 }
 
 # --- the table ------------------------------------------------------------------------------
 
 _ANY = frozenset(RolloutState)
 _PAUSED_STATES = frozenset(_PAUSED.values())
-_STEPS = frozenset({S.STEPPING, S.WAITING, S.ANALYSING, S.WAITING_ON_GATE})
+_STEPS = frozenset({_S.STEPPING, _S.WAITING, _S.ANALYSING, _S.WAITING_ON_GATE})
 # A canary of this revision is running (neither promoting nor rolling back).
-_RUNNING = _STEPS | {S.HOLDING} | _PAUSED_STATES
+_RUNNING = _STEPS | {_S.HOLDING} | _PAUSED_STATES
 # A write or the registry failed, or the spec was invalid, in the middle of any state: the
 # rollout recorded in status.rollout resumes from where it was once that passes.
-_INTERRUPTED = frozenset({S.RETRYING, S.DEGRADED})
+_INTERRUPTED = frozenset({_S.RETRYING, _S.DEGRADED})
 # A rollout starts from the stable version; a request (abort, promote-full, pause) may come with
 # the very decision that starts it, so its first decision may already be any of its moves.
-_STARTING = frozenset({S.STEADY})
+_STARTING = frozenset({_S.STEADY})
 # A retry request restarts a rolled-back version's rollout (also while it is still rolling back).
-_RETRIED = frozenset({S.ROLLING_BACK, S.ROLLED_BACK})
+_RETRIED = frozenset({_S.ROLLING_BACK, _S.ROLLED_BACK})
 
 # event: (the states it is legal in, the states it may lead to)
 MOVES: dict[Trigger, tuple[frozenset[RolloutState], frozenset[RolloutState]]] = {
     # Anything can be refused, fail, or find its module gone: these are legal everywhere.
-    Trigger.SPEC_INVALID: (_ANY, frozenset({S.DEGRADED})),
-    Trigger.CONFLICT: (_ANY, frozenset({S.DEGRADED})),
-    Trigger.WRITE_FAILED: (_ANY, frozenset({S.DEGRADED})),
-    Trigger.MODULE_REJECTED: (_ANY, frozenset({S.DEGRADED})),
-    Trigger.DEADLINE_EXCEEDED: (_ANY, frozenset({S.DEGRADED})),
-    Trigger.WRITE_RETRYING: (_ANY, frozenset({S.RETRYING})),
-    Trigger.MODULE_UNAVAILABLE: (_ANY, frozenset({S.RETRYING})),
+    Trigger.SPEC_INVALID: (_ANY, frozenset({_S.DEGRADED})),
+    Trigger.CONFLICT: (_ANY, frozenset({_S.DEGRADED})),
+    Trigger.WRITE_FAILED: (_ANY, frozenset({_S.DEGRADED})),
+    Trigger.MODULE_REJECTED: (_ANY, frozenset({_S.DEGRADED})),
+    Trigger.DEADLINE_EXCEEDED: (_ANY, frozenset({_S.DEGRADED})),
+    Trigger.WRITE_RETRYING: (_ANY, frozenset({_S.RETRYING})),
+    Trigger.MODULE_UNAVAILABLE: (_ANY, frozenset({_S.RETRYING})),
     # One version everywhere: the first release, a release without a canary, or the stable
     # version asked for again (a Git revert ends any rollout).
-    Trigger.WRITE: (_ANY, frozenset({S.STEADY})),
-    Trigger.IN_SYNC: (_ANY, frozenset({S.STEADY})),
+    Trigger.WRITE: (_ANY, frozenset({_S.STEADY})),
+    Trigger.IN_SYNC: (_ANY, frozenset({_S.STEADY})),
     # The canary's own moves.
     Trigger.ROLLING_OUT: (_STARTING | _RUNNING | _INTERRUPTED | _RETRIED, _STEPS),
-    Trigger.METRICS_UNAVAILABLE: (_STARTING | _RUNNING | _INTERRUPTED, frozenset({S.HOLDING})),
+    Trigger.METRICS_UNAVAILABLE: (_STARTING | _RUNNING | _INTERRUPTED, frozenset({_S.HOLDING})),
     Trigger.PAUSED: (_STARTING | _RUNNING | _INTERRUPTED, _PAUSED_STATES),
     Trigger.PROMOTING: (
-        _STARTING | _RUNNING | _INTERRUPTED | {S.PROMOTING},
-        frozenset({S.PROMOTING}),
+        _STARTING | _RUNNING | _INTERRUPTED | {_S.PROMOTING},
+        frozenset({_S.PROMOTING}),
     ),
-    Trigger.PROMOTED: (_INTERRUPTED | {S.PROMOTING}, frozenset({S.STEADY})),
+    Trigger.PROMOTED: (_INTERRUPTED | {_S.PROMOTING}, frozenset({_S.STEADY})),
     Trigger.ROLLING_BACK: (
-        _STARTING | _RUNNING | _INTERRUPTED | {S.ROLLING_BACK},
-        frozenset({S.ROLLING_BACK}),
+        _STARTING | _RUNNING | _INTERRUPTED | {_S.ROLLING_BACK},
+        frozenset({_S.ROLLING_BACK}),
     ),
     Trigger.ROLLED_BACK: (
-        _STARTING | _RUNNING | _INTERRUPTED | {S.ROLLING_BACK, S.ROLLED_BACK},
-        frozenset({S.ROLLED_BACK}),
+        _STARTING | _RUNNING | _INTERRUPTED | {_S.ROLLING_BACK, _S.ROLLED_BACK},
+        frozenset({_S.ROLLED_BACK}),
     ),
 }
 TRANSITIONS: dict[tuple[RolloutState, Trigger], frozenset[RolloutState]] = {
@@ -231,32 +231,34 @@ def transition(current: RolloutState, trigger: Trigger, to: RolloutState) -> Rol
 # --- the state, derived -----------------------------------------------------------------------
 
 
-def target_state(trigger: Trigger, rollout: RolloutStatus | None, canary: Canary | None) -> S:
+def target_state(
+    trigger: Trigger, rollout: RolloutStatus | None, canary: Canary | None
+) -> RolloutState:
     """The state a decision with this event leads to, given the rollout it recorded."""
     if trigger in _LEADS_TO:
         return _LEADS_TO[trigger]
     if trigger is Trigger.PAUSED:
         paused = rollout.paused if rollout else None
-        return _PAUSED.get(paused or "", S.PAUSED_MANUAL)
+        return _PAUSED.get(paused or "", _S.PAUSED_MANUAL)
     # ROLLING_OUT: which kind of step the rollout is on.
     if rollout is None:
-        return S.STEPPING
+        return _S.STEPPING
     if rollout.gate:
-        return S.WAITING_ON_GATE
+        return _S.WAITING_ON_GATE
     step = canary.steps[rollout.step] if canary and rollout.step < len(canary.steps) else None
     if step is not None and step.analysis is not None:
-        return S.ANALYSING
+        return _S.ANALYSING
     if step is not None and step.pause is not None:
-        return S.WAITING
-    return S.STEPPING
+        return _S.WAITING
+    return _S.STEPPING
 
 
 _REASONS = frozenset(t.value for t in Trigger)
 _BY_PHASE = {
-    Phase.HEALTHY: S.STEADY,
-    Phase.DEGRADED: S.DEGRADED,
-    Phase.PAUSED: S.PAUSED_MANUAL,
-    Phase.PROGRESSING: S.STEPPING,
+    Phase.HEALTHY: _S.STEADY,
+    Phase.DEGRADED: _S.DEGRADED,
+    Phase.PAUSED: _S.PAUSED_MANUAL,
+    Phase.PROGRESSING: _S.STEPPING,
 }
 
 
@@ -265,20 +267,20 @@ def state_of(status: FilterReleaseStatus, canary: Canary | None) -> RolloutState
     condition's reason, so the state is the one that event led to; a status without one (or
     with a reason this table does not know) is read by its phase."""
     if status.phase is None or status.phase == Phase.PENDING:
-        return S.PENDING
+        return _S.PENDING
     ready = status.condition(ConditionType.READY)
     reason = ready.reason if ready else None
     if reason == "Released":  # a direct release's Ready reason: one version everywhere
-        return S.STEADY
+        return _S.STEADY
     if reason in _REASONS:
         return target_state(Trigger(reason), status.rollout, canary)
     try:
-        return _BY_PHASE.get(Phase(status.phase), S.PENDING)
+        return _BY_PHASE.get(Phase(status.phase), _S.PENDING)
     except ValueError:
-        return S.PENDING
+        return _S.PENDING
 
 
 def superseded(state: RolloutState) -> RolloutState:
     """The state a release is taken to be in when a new version replaces the one its last
     rollout was about: that rollout is over, and the new one starts from the stable version."""
-    return state if state in _INTERRUPTED or state is S.PENDING else S.STEADY
+    return state if state in _INTERRUPTED or state is _S.PENDING else _S.STEADY

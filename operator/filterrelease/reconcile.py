@@ -14,7 +14,6 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from filterrelease.core import analysis
 from filterrelease.core.actions import (
     Action,
     ApplyWasmPlugin,
@@ -25,28 +24,19 @@ from filterrelease.core.actions import (
     MarkSplit,
 )
 from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
-from filterrelease.core.canary import (
-    REQUEST_ANNOTATION,
-    Needs,
-    background_metrics,
-    current_step,
-    parse_time,
-)
+from filterrelease.core.decision import Decision
+from filterrelease.core.failures import action_failed, action_retrying
+from filterrelease.core.needs import Needs, unmeasured
+from filterrelease.core.observation import Observation, derive
 from filterrelease.core.render import (
     ReleaseRef,
     canary_plugin_name,
     live_plugin_state,
     stable_plugin_name,
 )
-from filterrelease.core.rollout import (
-    FLAGGER_PHASE,
-    Decision,
-    Observation,
-    action_failed,
-    action_retrying,
-    decide,
-    needs,
-)
+from filterrelease.core.requests import REQUEST_ANNOTATION
+from filterrelease.core.rollout import decide, needs
+from filterrelease.core.rollout_state import FLAGGER_PHASE
 from filterrelease.core.spec import (
     FilterReleaseSpec,
     TemplateMetrics,
@@ -55,6 +45,7 @@ from filterrelease.core.spec import (
     referenced_templates,
 )
 from filterrelease.core.status import FilterReleaseStatus, merge_patch
+from filterrelease.core.timestamps import parse_timestamp
 from filterrelease.core.tracks import CANARY, track_label
 from filterrelease.core.webhooks import Event, GateResult, HookType, Subject
 from filterrelease.kube.api import KubeApi, KubeError
@@ -148,8 +139,9 @@ class Reconciler:
             self.forget(namespace, name)
             return None
         obs = await self._observe(body)
-        obs = await self._answer(obs, needs(obs))
-        decision = decide(obs)
+        ctx = derive(obs)
+        obs = await self._answer(obs, needs(obs, ctx))
+        decision = decide(obs, ctx)
         decision = await self._execute(body, obs, decision)
         self._metrics.reconciles.labels(namespace, name, decision.trigger.value).inc()
         self._metrics.set_phase(namespace, name, decision.phase)
@@ -238,10 +230,7 @@ class Reconciler:
     async def _answer(self, obs: Observation, need: Needs) -> Observation:
         """Ask the gates and take the measurements decide() needs, concurrently."""
         if not (need.gate or need.rollback_hooks or need.step_metrics or need.background_metrics):
-            if need.step_results or need.background_results:
-                due = self._due_in(obs, need)
-                return obs.model_copy(update=_results(need) | {"analysis_due_in": due})
-            return obs
+            return obs.model_copy(update=_results(need))
         spec = obs.spec
         if not isinstance(spec, FilterReleaseSpec) or spec.canary is None:
             raise TypeError("only a canary rollout needs gates and measurements")
@@ -278,10 +267,7 @@ class Reconciler:
         answered = need.model_copy(
             update={"step_results": step_results, "background_results": background_results}
         )
-        return obs.model_copy(
-            update=_results(answered)
-            | {"gates": gates, "analysis_due_in": self._due_in(obs, answered)}
-        )
+        return obs.model_copy(update=_results(answered) | {"gates": gates})
 
     async def _measure(
         self,
@@ -299,43 +285,17 @@ class Reconciler:
             workload_selector=spec.selector.match_labels,
             canary_pods=tuple(sorted(p for p, lb in obs.pods.items() if lb.get(track) == CANARY)),
             stable_pods=tuple(sorted(p for p, lb in obs.pods.items() if lb.get(track) != CANARY)),
-            since=parse_time(need.canary_since or need.step_started_at or ""),
+            since=parse_timestamp(need.canary_since or need.step_started_at or ""),
         )
         if self._measurer is None:
-            now = obs.now
-            stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-            out = []
-            prior = {r.name: r for r in results}
-            for metric in metrics:
-                m = analysis.Measurement(
-                    metric=metric.name,
-                    phase=analysis.MeasurementPhase.ERROR,
-                    message="no Prometheus configured (FILTERRELEASE_PROMETHEUS_URL)",
-                    started_at=stamp,
-                    finished_at=stamp,
-                )
-                out.append(analysis.record(metric, prior.get(metric.name), m))
-            return tuple(out)
+            return unmeasured(metrics, results, obs.now)
         return await self._measurer.measure_due(
             metrics,
             {r.name: r for r in results},
             target,
             obs.now,
-            parse_time(need.step_started_at or ""),
+            parse_timestamp(need.step_started_at or ""),
         )
-
-    def _due_in(self, obs: Observation, need: Needs) -> float | None:
-        spec = obs.spec
-        if not isinstance(spec, FilterReleaseSpec) or spec.canary is None:
-            return None
-        rollout = obs.status.rollout
-        metrics = list(background_metrics(spec.canary))
-        if rollout is not None and (step := current_step(rollout, spec.canary)) and step.analysis:
-            metrics += step.analysis.metrics
-        results = {r.name: r for r in need.step_results + need.background_results}
-        started = parse_time(need.step_started_at) if need.step_started_at else obs.now
-        wait = analysis.requeue_after(metrics, results, obs.now, started)
-        return wait.total_seconds() if wait is not None else None
 
     async def _execute(
         self, body: dict[str, Any], obs: Observation, decision: Decision
@@ -387,11 +347,10 @@ class Reconciler:
                     if isinstance(spec, FilterReleaseSpec) and spec.selector
                     else {}
                 )
-                # Admission first, then the record: from here on new pods get a track label.
+                # Admission first: from here on new pods get a track label. status.split is
+                # recorded by this decision's one status write, after every action; narrowing
+                # waits for a reconcile that observes it (core/layout.py), so it follows both.
                 self._on_split(ns, obs.release.name, labels, action.split)
-                await self._kube.patch_release_status(
-                    ns, obs.release.name, {"split": True if action.split else None}
-                )
             case ConsumeRequest():
                 await self._kube.remove_release_annotation(ns, obs.release.name, REQUEST_ANNOTATION)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from filterrelease.core.rollout import Phase
+from filterrelease.core.rollout_state import Phase
 
 
 class Metrics:

@@ -9,10 +9,11 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterrelease.core import analysis
+from filterrelease.core import analysis, rollout_state
 from filterrelease.core.actions import (
     ApplyWasmPlugin,
     ConsumeRequest,
@@ -22,9 +23,18 @@ from filterrelease.core.actions import (
     MarkSplit,
 )
 from filterrelease.core.analysis import MeasurementPhase, Metric, MetricResult
+from filterrelease.core.decision import Decision
 from filterrelease.core.module import VerifiedModule
+from filterrelease.core.observation import Observation
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
-from filterrelease.core.rollout import Decision, Observation, Phase, Trigger, decide, needs
+from filterrelease.core.rollout import decide, needs
+from filterrelease.core.rollout_state import (
+    TRANSITIONS,
+    IllegalTransitionError,
+    Phase,
+    RolloutState,
+    Trigger,
+)
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from filterrelease.core.status import FilterReleaseStatus
 from filterrelease.core.tracks import STABLE, track_label
@@ -86,6 +96,7 @@ class World:
         self.analysis_phase = MeasurementPhase.SUCCESSFUL
         self.fast_fail_phase = MeasurementPhase.SUCCESSFUL
         self.gates: dict[HookType, GateResult] = {}
+        self.admission_split = False  # what the reconciler told the admission webhook
 
     def release(self, tag: str, **canary: Any) -> None:
         self.spec = spec(tag, **canary)
@@ -161,7 +172,7 @@ class World:
                     else:
                         self.pods[action.pod][action.key] = action.value
             case MarkSplit():
-                self.status = self.status.model_copy(update={"split": action.split or None})
+                self.admission_split = action.split
             case ConsumeRequest():
                 self.request = None
             case EmitEvent():
@@ -175,7 +186,8 @@ class World:
 
     def create_pod(self, name: str) -> None:
         labels = {"app": "web"}
-        if self.status.split:  # the admission webhook
+        # The admission webhook: split if the watch (the status) or the reconciler says so.
+        if self.status.split or self.admission_split:
             labels[KEY] = STABLE
         self.pods[name] = labels
 
@@ -249,6 +261,33 @@ def test_a_good_version_passes_every_step_in_order_and_is_promoted() -> None:
     assert [m.split(":")[0] for m in passed] == [f"step {i}/5" for i in range(1, 6)]
     assert world.reasons().count("Promoted") == 1
     assert world.status.history[0].outcome == "Promoted"
+
+
+def test_a_rollout_walks_the_states_of_the_table_in_order() -> None:
+    world = steady_v1()
+    world.release("v2")
+    states: list[RolloutState] = []
+    while world.status.phase != Phase.HEALTHY or not states:
+        state = world.tick().state
+        if not states or states[-1] != state:
+            states.append(state)
+    expected = ["Stepping", "Waiting", "Stepping", "Analysing", "Stepping", "Promoting", "Steady"]
+    assert states == [RolloutState(s) for s in expected]
+
+
+def test_a_move_the_code_takes_and_the_table_lacks_fails_a_whole_rollout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """decide() checks every move it takes against the table, so walking whole rollouts (here,
+    and the hypothesis property below over requests, crashes and outages) finds any move the
+    table does not list."""
+    world = steady_v1()
+    world.release("v2")
+    legal = dict(TRANSITIONS)
+    del legal[(RolloutState.WAITING, Trigger.ROLLING_OUT)]
+    monkeypatch.setattr(rollout_state, "TRANSITIONS", legal)
+    with pytest.raises(IllegalTransitionError, match="RollingOut is not allowed from Waiting"):
+        run_until(world, Phase.HEALTHY)
 
 
 def test_a_pause_waits_its_duration_on_the_injected_clock() -> None:

@@ -43,7 +43,9 @@ class LabelPod(_Action):
 
 
 class MarkSplit(_Action):
-    """Record status.split (and tell the pod admission webhook) before anything relies on it."""
+    """Tell the pod admission webhook that the release's pods are (no longer) split, before
+    anything relies on it. status.split is recorded by the decision's status write, which
+    follows every action; narrowing waits for a reconcile that observed it."""
 
     kind: Literal["MarkSplit"] = "MarkSplit"
     split: bool

@@ -20,8 +20,8 @@ Measurement phases: Successful, Failed, Inconclusive (the data cannot decide: to
 traffic, no baseline), and Error (the measurement could not be taken: Prometheus unreachable,
 a query that fails). Error measurements are not failures and do not count toward `count`.
 
-Time is always a parameter; timestamps are stored as "%Y-%m-%dT%H:%M:%SZ" strings like the rest
-of the status.
+Time is always a parameter; timestamps are stored as core/timestamps.py writes them, like the
+rest of the status.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -38,6 +38,7 @@ from pydantic.alias_generators import to_camel
 from filterrelease.core.condition import validate_condition
 from filterrelease.core.duration import format_duration, parse_duration
 from filterrelease.core.promql import template_problem
+from filterrelease.core.timestamps import parse_timestamp, timestamp
 
 DEFAULT_INTERVAL = timedelta(seconds=30)
 # A wasm guard is measured at every reconcile; the state machine should reconcile at least this
@@ -45,7 +46,6 @@ DEFAULT_INTERVAL = timedelta(seconds=30)
 WASM_POLL = timedelta(seconds=10)
 MAX_MEASUREMENTS = 10  # kept per metric in the status: enough to see a trend, small enough
 MAX_MESSAGE = 256  # characters of a measurement's message kept in the status
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _DURATION = r"^([0-9]+(ms|s|m|h))+$"
 
 
@@ -299,14 +299,6 @@ class Measurement(_Status):
     @classmethod
     def _short(cls, value: str) -> str:
         return value if len(value) <= MAX_MESSAGE else value[: MAX_MESSAGE - 1] + "…"
-
-
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime(TIME_FORMAT)
-
-
-def parse_timestamp(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
 
 
 def measurement(

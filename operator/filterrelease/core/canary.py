@@ -1,4 +1,4 @@
-"""The canary rollout's steps, gates, analysis and manual requests. Pure; time is an input.
+"""The canary rollout's steps and verdicts on them. Pure; time is an input.
 
 A rollout is recorded in status.rollout and moves forward one decision at a time:
 
@@ -19,53 +19,29 @@ rollback, unless spec.strategy.canary.metricsOutage says to roll back after a wh
 Nothing here runs a step twice: the step index only moves forward, and it moves in the same
 status write that records the step's outcome, so a crash either loses the whole decision (the
 step is judged again from what is observed) or none of it.
+
+What a decision needs measured or asked first is in core/needs.py; a person's requests
+(promote, abort, pause, …) in core/requests.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
 from filterrelease.core.analysis import (
     AnalysisPhase,
-    Metric,
     MetricResult,
     assess_all,
 )
+from filterrelease.core.rollout_state import PauseReason, Reason, Requeue
 from filterrelease.core.spec import Canary, Step
-from filterrelease.core.status import RolloutStatus, timestamp
+from filterrelease.core.status import RolloutStatus
+from filterrelease.core.timestamps import seconds_since, timestamp
 from filterrelease.core.webhooks import GateResult, HookType
-
-FAST_FAIL = Metric.model_validate({"name": "wasm-fast-fail", "provider": {"wasm": {}}})
-
-
-class Request(StrEnum):
-    """Manual control, through the filterrelease.dev/request annotation (never the spec, so a
-    GitOps tool sees no drift)."""
-
-    PROMOTE = "promote"  # end the current pause or analysis step and go on
-    PROMOTE_FULL = "promote-full"  # skip the remaining steps and promote now
-    ABORT = "abort"  # roll back now
-    PAUSE = "pause"  # hold where the rollout is
-    RESUME = "resume"  # end a manual pause, or a pause for an inconclusive analysis
-    RETRY = "retry"  # start a rolled-back version's rollout again
-
-
-REQUEST_ANNOTATION = "filterrelease.dev/request"
-# The shortest time between two measurements of one metric (see _not_just_measured).
-MIN_GAP = 1.5
-
-
-def parse_time(stamp: str) -> datetime:
-    return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-def since(stamp: str | None, now: datetime) -> float:
-    return (now - parse_time(stamp)).total_seconds() if stamp else 0.0
 
 
 def step_name(step: Step) -> str:
@@ -140,75 +116,6 @@ def current_step(rollout: RolloutStatus, canary: Canary) -> Step | None:
     return canary.steps[rollout.step] if rollout.step < len(canary.steps) else None
 
 
-# --- what the shell must fetch before deciding ---------------------------------------------
-
-
-class Needs(BaseModel):
-    """What a decision on a running rollout needs from the outside: gate answers and
-    measurements (with the results so far, which the shell adds the new ones to). The shell
-    asks for them, then calls decide() with the answers."""
-
-    model_config = ConfigDict(frozen=True)
-    gate: HookType | None = None
-    step_metrics: tuple[Metric, ...] = ()
-    background_metrics: tuple[Metric, ...] = ()
-    rollback_hooks: bool = False
-    step_results: tuple[MetricResult, ...] = ()
-    background_results: tuple[MetricResult, ...] = ()
-    step_started_at: str | None = None
-    canary_since: str | None = None  # analysis counts the canary pods' traffic from here
-    checksum: str = ""  # the version rolled out, for webhook payloads
-
-
-def background_metrics(canary: Canary) -> tuple[Metric, ...]:
-    metrics = tuple(canary.analysis.metrics) if canary.analysis else ()
-    return ((FAST_FAIL,) if canary.wasm_fast_fail else ()) + metrics
-
-
-def _not_just_measured(
-    metrics: tuple[Metric, ...], results: tuple[MetricResult, ...], now: datetime
-) -> tuple[Metric, ...]:
-    """Leave out metrics measured less than MIN_GAP ago. A Wasm fast-fail metric is due at
-    every decision, and every measurement changes the status, whose watch event asks for
-    another decision: without a gap that would measure in a tight loop."""
-    last = {r.name: parse_time(r.measurements[-1].finished_at) for r in results if r.measurements}
-    return tuple(
-        m for m in metrics if m.name not in last or (now - last[m.name]).total_seconds() >= MIN_GAP
-    )
-
-
-def needs(
-    rollout: RolloutStatus, canary: Canary, *, converged: bool, canary_pods: int, now: datetime
-) -> Needs:
-    """Gates and measurements for this decision. Analysis only measures canary pods that are
-    running the canary version (a converged layout); gates guard the steps that move pods."""
-    if rollout.aborted or rollout.promoting:
-        return Needs(checksum=rollout.revision)
-    measuring = converged and canary_pods > 0
-    step = current_step(rollout, canary)
-    gate = None
-    if converged and rollout.paused is None:
-        if step is None:
-            gate = HookType.CONFIRM_PROMOTION
-        elif step.set_weight is not None and rollout.weight == 0 and rollout.wave == 0:
-            gate = HookType.PRE_ROLLOUT
-    step_metrics: tuple[Metric, ...] = ()
-    if measuring and step is not None and step.analysis is not None and rollout.paused is None:
-        step_metrics = tuple(step.analysis.metrics)
-    background = background_metrics(canary) if measuring else ()
-    return Needs(
-        gate=gate,
-        step_metrics=_not_just_measured(step_metrics, rollout.analysis, now),
-        background_metrics=_not_just_measured(background, rollout.background, now),
-        rollback_hooks=measuring,
-        step_results=rollout.analysis,
-        background_results=rollout.background,
-        step_started_at=rollout.step_started_at,
-        canary_since=rollout.canary_since or rollout.step_started_at,
-        checksum=rollout.revision,
-    )
-
-
 # --- the verdicts ---------------------------------------------------------------------------
 
 
@@ -259,7 +166,7 @@ def judge(
         outage = canary.metrics_outage
         began = r.metrics_unavailable_since or timestamp(now)
         r = r.model_copy(update={"metrics_unavailable_since": began})
-        if outage.action == "Rollback" and since(began, now) > outage.after_seconds:
+        if outage.action == "Rollback" and seconds_since(began, now) > outage.after_seconds:
             return _abort(r, now, f"metrics unavailable for over {outage.after}: {unavailable}")
     elif r.metrics_unavailable_since is not None:
         r = r.model_copy(update={"metrics_unavailable_since": None})
@@ -272,18 +179,58 @@ def judge(
 
 def _abort(rollout: RolloutStatus, now: datetime, reason: str) -> Outcome:
     aborted = rollout.model_copy(update={"aborted": reason, "aborted_at": timestamp(now)})
-    return Outcome(rollout=aborted, events=(("Warning", "RollingBack", reason),), requeue_after=0.5)
+    return Outcome(
+        rollout=aborted,
+        events=(("Warning", Reason.ROLLING_BACK, reason),),
+        requeue_after=Requeue.UNWIND,
+    )
 
 
 def _passed(rollout: RolloutStatus, now: datetime, what: str) -> Outcome:
     return Outcome(
-        rollout=advance(rollout, now), events=(("Normal", "StepPassed", what),), requeue_after=0.2
+        rollout=advance(rollout, now),
+        events=(("Normal", Reason.STEP_PASSED, what),),
+        requeue_after=Requeue.NEXT_MOVE,
     )
 
 
 def _gate_closed(gates: Mapping[HookType, GateResult], hook: HookType) -> str | None:
     answer = gates.get(hook)
     return f"{hook.value}: {answer.message}" if answer is not None and not answer.passed else None
+
+
+def _after_last_step(
+    r: RolloutStatus, canary: Canary, now: datetime, gates: Mapping[HookType, GateResult]
+) -> Outcome:
+    """Every step passed: the next wave starts, or the promotion is confirmed and starts."""
+    if r.waves is not None and r.wave + 1 < len(r.waves):
+        # This wave passed every step: it stays on the canary, and the steps start again
+        # on the next one.
+        nxt = r.model_copy(
+            update={
+                "wave": r.wave + 1,
+                "step": 0,
+                "weight": 0,
+                "step_started_at": timestamp(now),
+                "analysis": (),
+                "gate": None,
+            }
+        )
+        key = canary.waves.by_label if canary.waves else ""
+        event = (
+            "Normal",
+            Reason.WAVE_STARTED,
+            f"wave {r.wave + 2}/{len(r.waves)} "
+            f"({key}={r.waves[r.wave + 1] or '(none)'}): the steps start again",
+        )
+        return Outcome(rollout=nxt, events=(event,), requeue_after=Requeue.NEXT_MOVE)
+    if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
+        return Outcome(
+            rollout=r.model_copy(update={"gate": closed}), requeue_after=Requeue.GATE_CLOSED
+        )
+    promoting = r.model_copy(update={"promoting": True, "gate": None})
+    events = (("Normal", Reason.PROMOTING, "every step passed: promoting"),)
+    return Outcome(rollout=promoting, events=events, requeue_after=Requeue.NEXT_MOVE)
 
 
 def _judge_step(
@@ -296,51 +243,30 @@ def _judge_step(
     """The current step, on a converged layout that is not paused."""
     step = current_step(r, canary)
     if step is None:
-        if r.waves is not None and r.wave + 1 < len(r.waves):
-            # This wave passed every step: it stays on the canary, and the steps start again
-            # on the next one.
-            nxt = r.model_copy(
-                update={
-                    "wave": r.wave + 1,
-                    "step": 0,
-                    "weight": 0,
-                    "step_started_at": timestamp(now),
-                    "analysis": (),
-                    "gate": None,
-                }
-            )
-            key = canary.waves.by_label if canary.waves else ""
-            event = (
-                "Normal",
-                "WaveStarted",
-                f"wave {r.wave + 2}/{len(r.waves)} "
-                f"({key}={r.waves[r.wave + 1] or '(none)'}): the steps start again",
-            )
-            return Outcome(rollout=nxt, events=(event,), requeue_after=0.2)
-        if closed := _gate_closed(gates, HookType.CONFIRM_PROMOTION):
-            return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
-        promoting = r.model_copy(update={"promoting": True, "gate": None})
-        events = (("Normal", "Promoting", "every step passed: promoting"),)
-        return Outcome(rollout=promoting, events=events, requeue_after=0.2)
+        return _after_last_step(r, canary, now, gates)
 
     label = step_label(r, canary)
     if step.set_weight is not None:
         if r.weight == 0 and r.wave == 0 and (closed := _gate_closed(gates, HookType.PRE_ROLLOUT)):
-            return Outcome(rollout=r.model_copy(update={"gate": closed}), requeue_after=5.0)
+            return Outcome(
+                rollout=r.model_copy(update={"gate": closed}), requeue_after=Requeue.GATE_CLOSED
+            )
         if r.weight != step.set_weight:
             # Record the weight first; the layout planner moves the pods in this decision and
             # the next ones, and the step passes once nothing is left to move.
             started = r.model_copy(update={"weight": step.set_weight, "gate": None})
-            event = ("Normal", "StepStarted", f"step {label}: setWeight {step.set_weight}")
-            return Outcome(rollout=started, events=(event,), requeue_after=0.2)
+            event = ("Normal", Reason.STEP_STARTED, f"step {label}: setWeight {step.set_weight}")
+            return Outcome(rollout=started, events=(event,), requeue_after=Requeue.NEXT_MOVE)
         return _passed(r, now, f"step {label}: {step.set_weight}% of the pods on the canary")
 
     if step.pause is not None:
         duration = step.pause.seconds
         if duration is None:
-            event = ("Normal", "Paused", f"step {label}: paused until promoted")
-            return Outcome(rollout=r.model_copy(update={"paused": "PauseStep"}), events=(event,))
-        waited = since(r.step_started_at, now)
+            event = ("Normal", Reason.PAUSED, f"step {label}: paused until promoted")
+            return Outcome(
+                rollout=r.model_copy(update={"paused": PauseReason.PAUSE_STEP}), events=(event,)
+            )
+        waited = seconds_since(r.step_started_at, now)
         if waited < duration:
             return Outcome(rollout=r, requeue_after=min(duration - waited, next_due))
         return _passed(r, now, f"step {label}: paused {step.pause.duration}")
@@ -354,61 +280,12 @@ def _judge_step(
         why = _message(r.analysis, AnalysisPhase.INCONCLUSIVE)
         event = (
             "Warning",
-            "Inconclusive",
+            Reason.INCONCLUSIVE,
             f"step {label} analysis inconclusive, paused until resumed or promoted: {why}",
         )
-        return Outcome(rollout=r.model_copy(update={"paused": "Inconclusive"}), events=(event,))
+        return Outcome(
+            rollout=r.model_copy(update={"paused": PauseReason.INCONCLUSIVE}), events=(event,)
+        )
     if verdict == AnalysisPhase.SUCCESSFUL:
         return _passed(r, now, f"step {label}: analysis successful")
     return Outcome(rollout=r, requeue_after=next_due)
-
-
-def apply_request(
-    request: str, rollout: RolloutStatus, canary: Canary, now: datetime
-) -> tuple[RolloutStatus, tuple[str, str, str]]:
-    """A person's request; returns the rollout and the Event that says what was done."""
-    who = "by request"
-    match request:
-        case Request.ABORT if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(
-                update={"aborted": f"aborted {who}", "aborted_at": timestamp(now)}
-            ), ("Warning", "RollingBack", f"aborted {who}: rolling back")
-        case Request.PROMOTE_FULL if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(update={"promoting": True, "paused": None}), (
-                "Normal",
-                "Promoting",
-                f"promoted {who}, skipping the remaining steps",
-            )
-        case Request.PROMOTE if not rollout.aborted and not rollout.promoting:
-            step = current_step(rollout, canary)
-            if step is not None and step.set_weight is not None:
-                # A weight step only moves pods: promoting past it would skip the move.
-                return rollout.model_copy(update={"paused": None}), (
-                    "Normal",
-                    "Resumed",
-                    f"promote {who}: resumed",
-                )
-            return advance(rollout, now), (
-                "Normal",
-                "StepPassed",
-                f"step {step_label(rollout, canary)} promoted {who}",
-            )
-        case Request.PAUSE if not rollout.aborted and not rollout.promoting:
-            return rollout.model_copy(update={"paused": "Manual"}), (
-                "Normal",
-                "Paused",
-                f"paused {who}",
-            )
-        case Request.RESUME if rollout.paused in ("Manual", "Inconclusive"):
-            return rollout.model_copy(update={"paused": None, "analysis": ()}), (
-                "Normal",
-                "Resumed",
-                f"resumed {who}",
-            )
-        case Request.RETRY if rollout.aborted:
-            return start(rollout.revision, now), ("Normal", "Retrying", f"rollout restarted {who}")
-    return rollout, (
-        "Warning",
-        "RequestIgnored",
-        f"request {request!r} does not apply now (see README: manual control)",
-    )

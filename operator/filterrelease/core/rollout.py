@@ -1,183 +1,46 @@
-"""The release state machine: decide(observation) -> decision. Pure; time is an input.
+"""decide(observation) -> decision, for one release. Pure; time is an input.
 
-Everything that affects the state machine lives in this file: the phases, the triggers, and the
-TRANSITIONS table that decide() obeys (it refuses any move the table does not list, and a test
-walks the table). What a canary step does is in core/canary.py; in which order WasmPlugins and
-pod labels change is in core/layout.py. decide() ties them together: it works out the target
-layout (one version everywhere, or stable and canary split by weight), asks the layout planner
-for the next safe changes, and records the outcome in the status.
+Every state, event and legal move is listed in core/rollout_state.py; decide() obeys that
+table (it refuses any move the table does not list). The context every decision starts from
+is derived once, in core/observation.py. What a canary step does is in core/canary.py; in which
+order WasmPlugins and pod labels change is in core/layout.py; how a decision reads in the
+status is in core/decision.py; the decisions that hold a release (invalid spec, conflict,
+module or write failures, the progress deadline) are in core/failures.py. decide() ties them
+together: it works out the target layout (one version everywhere, or stable and canary split by
+weight), asks the layout planner for the next safe changes, and records the outcome.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from filterrelease.core import canary as steps
-from filterrelease.core.actions import (
-    Action,
-    ApplyWasmPlugin,
-    ConsumeRequest,
-    DeleteWasmPlugin,
-    EmitEvent,
-    LabelPod,
-    MarkSplit,
+from filterrelease.core.actions import Action, ApplyWasmPlugin, ConsumeRequest, EmitEvent
+from filterrelease.core.decision import (
+    Decision,
+    event_actions,
+    remember,
+    shown,
+    state_after,
+    to_actions,
+    with_conditions,
+    with_metrics_condition,
+    with_module_condition,
+    with_tracks,
 )
-from filterrelease.core.analysis import MetricResult
-from filterrelease.core.layout import Layout, StepKind, Target, apply, plan
-from filterrelease.core.module import ModuleFailure, VerifiedModule
-from filterrelease.core.render import (
-    ReleaseRef,
-    canary_plugin_name,
-    config_hash,
-    live_plugin_state,
-    module_version,
-    render_plugin,
-    stable_plugin_name,
-)
+from filterrelease.core.failures import degraded, retrying
+from filterrelease.core.layout import Layout, plan
+from filterrelease.core.module import ModuleFailure
+from filterrelease.core.needs import Needs, analysis_due_in, rollout_needs
+from filterrelease.core.observation import Context, Observation, derive, split_target
+from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
+from filterrelease.core.requests import apply_request
+from filterrelease.core.rollout_state import PHASE, Reason, Requeue, RolloutState, Trigger
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
-from filterrelease.core.status import (
-    ConditionStatus,
-    ConditionType,
-    FilterReleaseStatus,
-    HistoryEntry,
-    ModuleVersion,
-    RolloutStatus,
-    set_condition,
-    timestamp,
-)
-from filterrelease.core.tracks import CANARY, STABLE, track_label
-from filterrelease.core.webhooks import GateResult, HookType
-
-
-class Phase(StrEnum):
-    PENDING = "Pending"  # never reconciled
-    PROGRESSING = "Progressing"  # a version is being written, or a canary is running
-    PAUSED = "Paused"  # a canary waits for a person
-    HEALTHY = "Healthy"  # every selected proxy runs the desired version
-    DEGRADED = "Degraded"  # the desired version cannot be (or was not) released; the last one runs
-
-
-class Trigger(StrEnum):
-    SPEC_INVALID = "InvalidSpec"  # the spec cannot be released as written
-    CONFLICT = "Conflict"  # a WasmPlugin name is taken by something we do not own
-    WRITE = "Write"  # the live WasmPlugins differ from the desired ones
-    IN_SYNC = "InSync"  # the live WasmPlugins are the desired ones
-    WRITE_FAILED = "WriteFailed"  # the API server refused our write
-    WRITE_RETRYING = "WriteRetrying"  # a write failed on something transient; retrying
-    MODULE_REJECTED = "ModuleRejected"  # pre-flight found the module unusable
-    MODULE_UNAVAILABLE = "RegistryUnavailable"  # pre-flight could not reach the module; retrying
-    DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"  # retrying for longer than the deadline
-    ROLLING_OUT = "RollingOut"  # a canary step runs
-    PAUSED = "Paused"  # a canary waits for a person (pause step, inconclusive, manual)
-    METRICS_UNAVAILABLE = "MetricsUnavailable"  # measurements error: the step holds
-    PROMOTING = "Promoting"  # every step passed: the new version goes to every pod
-    PROMOTED = "Promoted"  # the new version is the stable one everywhere
-    ROLLING_BACK = "RollingBack"  # the canary failed: every pod goes back to the stable version
-    ROLLED_BACK = "RolledBack"  # every pod is back; stays so until the spec changes
-
-
-_ALL = tuple(Phase)
-TRANSITIONS: dict[tuple[Phase, Trigger], Phase] = {
-    **{(p, Trigger.SPEC_INVALID): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.CONFLICT): Phase.DEGRADED for p in _ALL},
-    # A write is expected to land (the API call is synchronous); WRITE_FAILED corrects it.
-    **{(p, Trigger.WRITE): Phase.HEALTHY for p in _ALL},
-    **{(p, Trigger.IN_SYNC): Phase.HEALTHY for p in _ALL},
-    **{(p, Trigger.WRITE_FAILED): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.WRITE_RETRYING): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.DEADLINE_EXCEEDED): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.MODULE_REJECTED): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.MODULE_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
-    # A rollout's moves are legal from any phase: a request (abort, promote-full, pause) may
-    # come with the very decision that starts the rollout, and a crash may leave any phase.
-    **{(p, Trigger.ROLLING_OUT): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.METRICS_UNAVAILABLE): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.PAUSED): Phase.PAUSED for p in _ALL},
-    **{(p, Trigger.PROMOTING): Phase.PROGRESSING for p in _ALL},
-    **{(p, Trigger.PROMOTED): Phase.HEALTHY for p in _ALL},
-    **{(p, Trigger.ROLLING_BACK): Phase.DEGRADED for p in _ALL},
-    **{(p, Trigger.ROLLED_BACK): Phase.DEGRADED for p in _ALL},
-}
-
-
-# Transient holds: try again with backoff. (DEADLINE_EXCEEDED keeps retrying at resync pace.)
-RETRY_SOON = frozenset({Trigger.WRITE_RETRYING, Trigger.MODULE_UNAVAILABLE})
-# How often a running canary is looked at when nothing else is due: the Wasm fast-fail
-# measures at every look, so this bounds how long a broken module goes unnoticed.
-CANARY_TICK = 2.0
-HISTORY_LIMIT = 10
-
-# What a Flagger webhook receiver is told the rollout is doing.
-FLAGGER_PHASE = {
-    Trigger.ROLLING_OUT: "Progressing",
-    Trigger.METRICS_UNAVAILABLE: "Progressing",
-    Trigger.PAUSED: "Waiting",
-    Trigger.PROMOTING: "Promoting",
-    Trigger.PROMOTED: "Succeeded",
-    Trigger.ROLLING_BACK: "Failed",
-    Trigger.ROLLED_BACK: "Failed",
-}
-
-
-class Observation(BaseModel):
-    """Everything decide() may look at, gathered by the shell in one pass."""
-
-    model_config = ConfigDict(frozen=True)
-    release: ReleaseRef
-    spec: FilterReleaseSpec | SpecError
-    status: FilterReleaseStatus
-    # Live WasmPlugins in the release's namespace whose name the release renders, by name.
-    live_plugins: dict[str, dict[str, Any]]
-    # The module pre-flight's verdict; None only when the spec is invalid (nothing to check).
-    module: VerifiedModule | ModuleFailure | None = None
-    now: datetime
-    # Live pods the workload selector matches (terminating ones left out), name → labels.
-    pods: dict[str, dict[str, str]] = {}
-    # The manual request annotation's value, if one is pending.
-    request: str | None = None
-    # What the shell measured and asked for this decision (see needs()).
-    step_results: tuple[MetricResult, ...] = ()
-    background_results: tuple[MetricResult, ...] = ()
-    gates: dict[HookType, GateResult] = {}
-    analysis_due_in: float | None = None  # seconds until the next metric is due
-
-
-class Decision(BaseModel):
-    model_config = ConfigDict(frozen=True)
-    phase: Phase
-    trigger: Trigger
-    status: FilterReleaseStatus
-    actions: tuple[Action, ...] = ()
-    # Reconcile again after this many seconds (a canary step, a pause, a measurement is due).
-    requeue_after: float | None = None
-
-    @property
-    def retry(self) -> bool:
-        """Whether the shell should reconcile again soon (with backoff) rather than wait for
-        the next watch event or resync: something transient is holding the release."""
-        return self.trigger in RETRY_SOON
-
-
-class IllegalTransitionError(Exception):
-    pass
-
-
-def transition(current: Phase, trigger: Trigger) -> Phase:
-    try:
-        return TRANSITIONS[(current, trigger)]
-    except KeyError:
-        raise IllegalTransitionError(f"{trigger} is not allowed in phase {current}") from None
-
-
-def _current_phase(status: FilterReleaseStatus) -> Phase:
-    try:
-        return Phase(status.phase) if status.phase else Phase.PENDING
-    except ValueError:
-        return Phase.PENDING
+from filterrelease.core.status import FilterReleaseStatus, ModuleVersion, RolloutStatus
+from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
 
 
 def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
@@ -185,174 +48,17 @@ def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
     return any(o.get("uid") == release.uid and o.get("controller") for o in owners)
 
 
-def _conditions(
-    obs: Observation, *, ready: bool, progressing: bool, degraded: bool, reason: str, message: str
-) -> FilterReleaseStatus:
-    gen = obs.release.generation
-    conds = obs.status.conditions
-    for type_, flag in (
-        (ConditionType.READY, ready),
-        (ConditionType.PROGRESSING, progressing),
-        (ConditionType.DEGRADED, degraded),
-    ):
-        conds = set_condition(
-            conds, type_, "True" if flag else "False", reason, message, now=obs.now, generation=gen
-        )
-    return obs.status.model_copy(update={"conditions": conds, "observed_generation": gen})
-
-
-def _keeps_running(status: FilterReleaseStatus) -> str:
-    if status.applied:
-        return f"the proxies keep version {status.applied.version}"
-    return "nothing was released yet"
-
-
-def _module_condition(
-    status: FilterReleaseStatus, obs: Observation, flag: ConditionStatus, reason: str, message: str
-) -> FilterReleaseStatus:
-    conds = set_condition(
-        status.conditions,
-        ConditionType.MODULE_VERIFIED,
-        flag,
-        reason,
-        message,
-        now=obs.now,
-        generation=obs.release.generation,
-    )
-    return status.model_copy(update={"conditions": conds})
-
-
-def _degraded(
-    obs: Observation, trigger: Trigger, problem: str, module_reason: str | None = None
-) -> Decision:
-    phase = transition(_current_phase(obs.status), trigger)
-    message = f"{problem}; {_keeps_running(obs.status)}"
-    status = _conditions(
-        obs, ready=False, progressing=False, degraded=True, reason=trigger.value, message=message
-    ).model_copy(update={"phase": phase.value, "message": message})
-    if module_reason is not None:
-        status = _module_condition(status, obs, "False", module_reason, problem)
-    actions: tuple[Action, ...] = ()
-    # One Event per new problem, not one per resync.
-    if obs.status.message != message:
-        actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
-    return Decision(phase=phase, trigger=trigger, status=status, actions=actions)
-
-
-def shown(version: ModuleVersion) -> str:
-    """A version as people read it: the module's tag or digest, and which configuration (two
-    versions of one module differ only there)."""
-    return f"{version.version} (config {version.config_hash[:8]})"
-
-
-def observed_layout(obs: Observation) -> Layout:
-    key = track_label(obs.release.name)
-    return Layout(
-        stable=live_plugin_state(
-            obs.release, obs.live_plugins.get(stable_plugin_name(obs.release))
-        ),
-        canary=live_plugin_state(
-            obs.release, obs.live_plugins.get(canary_plugin_name(obs.release))
-        ),
-        pods={name: labels.get(key) for name, labels in obs.pods.items()},
-        split=bool(obs.status.split),
-    )
-
-
-def last_good(obs: Observation) -> ModuleVersion | None:
-    """The last known good version, with the exact content to put back. A status written by an
-    operator version that kept no content takes it from the live stable plugin, if that still
-    carries the version the status names."""
-    stable = obs.status.stable
-    if stable is None or stable.content is not None:
-        return stable
-    live = obs.live_plugins.get(stable_plugin_name(obs.release))
-    if live is None:
-        return None
-    content = dict(live.get("spec") or {})
-    if config_hash(content) != stable.config_hash:
-        return None
-    return stable.model_copy(update={"content": content})
-
-
-def _to_actions(
-    obs: Observation, layout: Layout, target: Target, versions: dict[str, ModuleVersion]
-) -> tuple[list[Action], Layout]:
-    """The layout planner's steps as actions on the cluster, and the layout they lead to."""
-    actions: list[Action] = []
-    key = track_label(obs.release.name)
-    for step in plan(layout, target):
-        match step.kind:
-            case StepKind.MARK_SPLIT:
-                actions.append(MarkSplit(split=step.split))
-            case StepKind.APPLY_STABLE | StepKind.APPLY_CANARY:
-                role = STABLE if step.kind == StepKind.APPLY_STABLE else CANARY
-                current = layout.stable if role == STABLE else layout.canary
-                manifest = render_plugin(
-                    obs.release, versions[step.content or ""], role, narrowed=step.narrowed
-                )
-                actions.append(ApplyWasmPlugin(manifest=manifest, created=current is None))
-            case StepKind.DELETE_CANARY:
-                live = obs.live_plugins.get(canary_plugin_name(obs.release), {})
-                uid = live.get("metadata", {}).get("uid")
-                actions.append(DeleteWasmPlugin(name=canary_plugin_name(obs.release), uid=uid))
-            case StepKind.LABEL:
-                actions.append(LabelPod(pod=step.pod or "", key=key, value=step.value))
-        layout = apply(layout, step)
-    return actions, layout
-
-
-def _tracks(status: FilterReleaseStatus, layout: Layout) -> FilterReleaseStatus:
-    canary = tuple(sorted(p for p, v in layout.pods.items() if v == CANARY))
-    stable = tuple(sorted(p for p, v in layout.pods.items() if v != CANARY))
-    weight = round(100 * len(canary) / len(layout.pods)) if layout.pods and canary else None
-    return status.model_copy(
-        update={
-            "canary_pods": canary if layout.canary else None,
-            "stable_pods": stable if layout.pods else None,
-            "canary_weight": weight if layout.canary else None,
-            "split": layout.split or None,
-        }
-    )
-
-
-def _remember(
-    history: tuple[HistoryEntry, ...],
-    version: ModuleVersion,
-    outcome: str,
-    now: datetime,
-    reason: str | None = None,
-) -> tuple[HistoryEntry, ...]:
-    top = history[0] if history else None
-    if top and top.config_hash == version.config_hash and top.outcome == outcome:
-        return history
-    entry = HistoryEntry(
-        version=version.version,
-        config_hash=version.config_hash,
-        outcome=outcome,
-        at=timestamp(now),
-        reason=reason,
-    )
-    return (entry, *history)[:HISTORY_LIMIT]
-
-
-def _events(raw: tuple[tuple[str, str, str], ...] | list[tuple[str, str, str]]) -> list[Action]:
-    return [
-        EmitEvent(type="Warning" if t == "Warning" else "Normal", reason=r, message=m)
-        for t, r, m in raw
-    ]
-
-
-def decide(obs: Observation) -> Decision:
-    """What to do about one FilterRelease, given what was observed."""
+def decide(obs: Observation, ctx: Context | None = None) -> Decision:
+    """What to do about one FilterRelease, given what was observed (and the context derived
+    from it, if the caller derived it already for needs())."""
     if isinstance(obs.spec, SpecError):
         # Nothing is changed on the cluster: a rollout in progress holds where it is.
-        return _degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
+        return degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
 
     for name in (stable_plugin_name(obs.release), canary_plugin_name(obs.release)):
         live = obs.live_plugins.get(name)
         if live is not None and not _owned_by(live, obs.release):
-            return _degraded(
+            return degraded(
                 obs,
                 Trigger.CONFLICT,
                 f"WasmPlugin {obs.release.namespace}/{name} exists and is not owned by this "
@@ -365,45 +71,38 @@ def decide(obs: Observation) -> Decision:
     if isinstance(module, ModuleFailure):
         problem = f"module {obs.spec.module.url} failed pre-flight ({module.reason}): "
         if module.transient:
-            return _retrying(obs, Trigger.MODULE_UNAVAILABLE, problem + module.message)
-        return _degraded(
+            return retrying(obs, Trigger.MODULE_UNAVAILABLE, problem + module.message)
+        return degraded(
             obs, Trigger.MODULE_REJECTED, problem + module.message, module_reason=module.reason
         )
 
-    desired = module_version(obs.spec, obs.release.generation, module)
-    stable = last_good(obs)
-    canary = obs.spec.canary
-    verified = _module_condition(
+    ctx = derive(obs) if ctx is None else ctx
+    if ctx is None:
+        raise ValueError("a valid spec with a verified module has a context")
+    verified = with_module_condition(
         obs.status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
     ).model_copy(update={"module": module})
     obs = obs.model_copy(update={"status": verified})
-    if canary is None or stable is None or stable.config_hash == desired.config_hash:
-        # No canary strategy, the first release (nothing to canary against), or the stable
-        # version asked for again (e.g. a Git revert during a rollout): one version everywhere.
-        return _direct(obs, desired)
-    return _rollout(obs, canary, stable, desired)
+    if ctx.rollout is None:
+        return _direct(obs, ctx)
+    return _rollout(obs, ctx)
 
 
-def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
-    layout = observed_layout(obs)
-    # A stored desired version keeps the generation it came from while its content is unchanged.
-    if obs.status.applied is not None and obs.status.applied.config_hash == desired.config_hash:
-        desired = desired.model_copy(update={"generation": obs.status.applied.generation})
-    actions, after = _to_actions(
-        obs, layout, Target(stable=desired.config_hash), {desired.config_hash: desired}
-    )
+def _direct(obs: Observation, ctx: Context) -> Decision:
+    desired = ctx.desired
+    actions, after = to_actions(obs, ctx.layout, ctx.target, {desired.config_hash: desired})
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
     trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
-    phase = transition(_current_phase(obs.status), trigger)
+    state = state_after(obs, trigger, obs.status.rollout)
     message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
-    status = _conditions(
+    status = with_conditions(
         obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
     )
     rollout = obs.status.rollout
     finished = rollout is not None and rollout.revision == desired.config_hash
     update: dict[str, Any] = {
-        "phase": phase.value,
+        "phase": PHASE[state].value,
         "message": message,
         "applied": desired,
         # Without a canary there is no analysis to pass: a version that was written and read
@@ -414,16 +113,16 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
         "wasm_plugins": (name,),
         # The last rollout stays on show once it promoted this version; any other is over.
         "rollout": rollout if finished else None,
-        "history": _remember(obs.status.history, desired, "Released", obs.now)
+        "history": remember(obs.status.history, desired, "Released", obs.now)
         if not finished
         else obs.status.history,
     }
     if writes:
         update["last_applied_time"] = timestamp(obs.now)
-    status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, None)
+    status = with_metrics_condition(with_tracks(status.model_copy(update=update), after), obs, None)
     events: list[Action] = []
     for write in writes:
-        verb = "Created" if write.created else "Updated"
+        verb = Reason.CREATED if write.created else Reason.UPDATED
         events.append(
             EmitEvent(
                 type="Normal",
@@ -438,90 +137,67 @@ def _direct(obs: Observation, desired: ModuleVersion) -> Decision:
         events.append(
             EmitEvent(
                 type="Warning",
-                reason="RequestIgnored",
+                reason=Reason.REQUEST_IGNORED,
                 message=f"request {obs.request!r} ignored: no canary rollout is in progress",
             )
         )
     return Decision(
-        phase=phase,
+        state=state,
         trigger=trigger,
         status=status,
         actions=(*actions, *events),
         # Unwinding a split takes more than one decision (widening waits for the canary
         # plugin's deletion to be observed): come back soon.
-        requeue_after=0.5 if actions and after.split else None,
+        requeue_after=Requeue.UNWIND if actions and after.split else None,
     )
 
 
-def needs(obs: Observation) -> steps.Needs:
+def needs(obs: Observation, ctx: Context | None = None) -> Needs:
     """What the next decide() on this observation needs measured or asked: the shell calls
     this first, fetches the answers, and puts them into the observation."""
-    if isinstance(obs.spec, SpecError) or not isinstance(obs.module, VerifiedModule):
-        return steps.Needs()
-    canary = obs.spec.canary
-    stable = last_good(obs)
-    desired = module_version(obs.spec, obs.release.generation, obs.module)
-    if canary is None or stable is None or stable.config_hash == desired.config_hash:
-        return steps.Needs()
-    rollout = _current_rollout(obs, desired)
-    layout = observed_layout(obs)
-    target = _split_target(obs, rollout, stable, desired)
-    canary_pods = sum(1 for v in layout.pods.values() if v == CANARY)
-    return steps.needs(
-        rollout, canary, converged=not plan(layout, target), canary_pods=canary_pods, now=obs.now
+    ctx = derive(obs) if ctx is None else ctx
+    if ctx is None or ctx.rollout is None or ctx.canary is None:
+        return Needs()
+    return rollout_needs(
+        ctx.rollout,
+        ctx.canary,
+        converged=ctx.converged,
+        canary_pods=ctx.canary_pods,
+        now=obs.now,
     )
 
 
-def _current_rollout(obs: Observation, desired: ModuleVersion) -> RolloutStatus:
-    rollout = obs.status.rollout
-    if rollout is None or rollout.revision != desired.config_hash:
-        rollout = steps.start(desired.config_hash, obs.now)
-    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
-    if canary is not None and canary.waves is not None and rollout.waves is None:
-        # The waves are fixed when the rollout starts, from the pods selected then.
-        rollout = rollout.model_copy(update={"waves": steps.wave_values(canary, obs.pods)})
-    return rollout
-
-
-def _split_target(
-    obs: Observation, rollout: RolloutStatus, stable: ModuleVersion, desired: ModuleVersion
-) -> Target:
-    if rollout.aborted:
-        return Target(stable=stable.config_hash)
-    if rollout.promoting:
-        return Target(stable=desired.config_hash)
-    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
-    waves = steps.wave_target(rollout, canary, obs.pods) if canary else None
-    if waves is not None:
-        order, count = waves
-        return Target(
-            stable=stable.config_hash,
-            canary=desired.config_hash,
-            canary_pods=count,
-            canary_order=order,
-        )
-    count = steps.canary_pod_count(rollout.weight, len(obs.pods))
-    return Target(stable=stable.config_hash, canary=desired.config_hash, canary_pods=count)
+def _analysis_due_in(obs: Observation, ctx: Context) -> float | None:
+    """Seconds until the next metric is due, once the shell measured what needs() asked."""
+    need = needs(obs, ctx)
+    asked = need.gate or need.rollback_hooks or need.step_metrics or need.background_metrics
+    if ctx.canary is None or not (asked or need.step_results or need.background_results):
+        return None
+    return analysis_due_in(
+        ctx.canary,
+        obs.status.rollout,
+        obs.step_results + obs.background_results,
+        started=parse_timestamp(need.step_started_at) if need.step_started_at else obs.now,
+        now=obs.now,
+    )
 
 
 def _progress(
-    obs: Observation,
-    canary: Canary,
-    rollout: RolloutStatus,
-    stable: ModuleVersion,
-    desired: ModuleVersion,
+    obs: Observation, ctx: Context, canary: Canary, rollout: RolloutStatus, stable: ModuleVersion
 ) -> tuple[RolloutStatus, float | None, str | None, list[tuple[str, str, str]]]:
     """Judge a running rollout: (rollout, requeue after, metrics-unavailable message, events)."""
-    layout = observed_layout(obs)
-    converged = not plan(layout, _split_target(obs, rollout, stable, desired))
+    converged = ctx.converged
+    if rollout != ctx.rollout:
+        # A request changed the rollout in this decision: its target may differ.
+        converged = not plan(ctx.layout, split_target(obs, rollout, stable, ctx.desired))
     deadline = (
         obs.spec.progress_deadline_seconds if isinstance(obs.spec, FilterReleaseSpec) else 600
     )
-    if not converged and steps.since(rollout.step_started_at, obs.now) > deadline:
+    if not converged and seconds_since(rollout.step_started_at, obs.now) > deadline:
         why = f"no progress for {deadline}s (progressDeadlineSeconds)"
         aborted = rollout.model_copy(update={"aborted": why, "aborted_at": timestamp(obs.now)})
-        return aborted, 0.5, None, [("Warning", "RollingBack", why)]
-    due = obs.analysis_due_in
+        return aborted, Requeue.UNWIND, None, [("Warning", Reason.ROLLING_BACK, why)]
+    due = _analysis_due_in(obs, ctx)
     outcome = steps.judge(
         rollout,
         canary,
@@ -530,7 +206,7 @@ def _progress(
         step_results=obs.step_results,
         background=obs.background_results,
         gates=obs.gates,
-        next_due=min(CANARY_TICK, due) if due is not None else CANARY_TICK,
+        next_due=min(Requeue.CANARY_TICK, due) if due is not None else Requeue.CANARY_TICK,
     )
     judged = outcome.rollout
     if judged.weight != rollout.weight:
@@ -568,22 +244,22 @@ def _rolled_back(
             trigger=Trigger.ROLLING_BACK,
             message=message,
             degraded=True,
-            requeue=0.5,
+            requeue=Requeue.UNWIND,
             update={"applied": stable},
         )
     events = []
     top = obs.status.history[0] if obs.status.history else None
     if top is None or top.config_hash != desired.config_hash or top.outcome != "RolledBack":
-        took = steps.since(rollout.aborted_at, obs.now)
+        took = seconds_since(rollout.aborted_at, obs.now)
         events.append(
             (
                 "Warning",
-                "RolledBack",
+                Reason.ROLLED_BACK,
                 f"every pod back on {shown(stable)} "
                 f"{took:.1f}s after the decision to roll back: {rollout.aborted}",
             )
         )
-    history = _remember(obs.status.history, desired, "RolledBack", obs.now, rollout.aborted)
+    history = remember(obs.status.history, desired, "RolledBack", obs.now, rollout.aborted)
     return _Summary(
         trigger=Trigger.ROLLED_BACK,
         message=message,
@@ -597,19 +273,19 @@ def _rolled_back(
 def _promoted(obs: Observation, desired: ModuleVersion, converged: bool) -> _Summary:
     if not converged:
         message = f"promoting {shown(desired)} to every selected proxy"
-        return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=0.5)
+        return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=Requeue.UNWIND)
     message = f"{shown(desired)} promoted: every selected proxy runs it"
     return _Summary(
         trigger=Trigger.PROMOTED,
         message=message,
         ready=True,
         progressing=False,
-        events=[("Normal", "Promoted", message)],
+        events=[("Normal", Reason.PROMOTED, message)],
         update={
             "stable": desired,
             "applied": desired,
             "canary": None,
-            "history": _remember(obs.status.history, desired, "Promoted", obs.now),
+            "history": remember(obs.status.history, desired, "Promoted", obs.now),
         },
     )
 
@@ -632,39 +308,37 @@ def _running(
     return _Summary(trigger=Trigger.ROLLING_OUT, message=message)
 
 
-def _rollout(
-    obs: Observation, canary: Canary, stable: ModuleVersion, desired: ModuleVersion
-) -> Decision:
+def _rollout(obs: Observation, ctx: Context) -> Decision:
+    if ctx.rollout is None or ctx.canary is None or ctx.stable is None:
+        raise ValueError("a rollout runs with a canary strategy and a stable version")
     now = obs.now
+    canary, rollout, stable, desired = ctx.canary, ctx.rollout, ctx.stable, ctx.desired
     events: list[tuple[str, str, str]] = []
     requests: list[Action] = []
-    rollout = _current_rollout(obs, desired)
-    previous = obs.status.rollout
-    if previous is None or previous.revision != desired.config_hash:
+    if ctx.started:
         events.append(
             (
                 "Normal",
-                "RolloutStarted",
+                Reason.ROLLOUT_STARTED,
                 f"rolling out {shown(desired)} (from {shown(stable)}) in {len(canary.steps)} steps",
             )
         )
     if obs.request is not None:
-        rollout, event = steps.apply_request(obs.request, rollout, canary, now)
+        rollout, event = apply_request(obs.request, rollout, canary, now)
         events.append(event)
         requests.append(ConsumeRequest(request=obs.request))
 
     requeue: float | None = None
     unavailable: str | None = None
     if not rollout.aborted and not rollout.promoting:
-        rollout, requeue, unavailable, judged = _progress(obs, canary, rollout, stable, desired)
+        rollout, requeue, unavailable, judged = _progress(obs, ctx, canary, rollout, stable)
         events += judged
 
     # Plan against the judged rollout: a weight just raised moves pods, and a rollback starts,
     # in this same decision.
-    layout = observed_layout(obs)
-    target = _split_target(obs, rollout, stable, desired)
+    target = split_target(obs, rollout, stable, desired)
     versions = {stable.config_hash: stable, desired.config_hash: desired}
-    layout_actions, after = _to_actions(obs, layout, target, versions)
+    layout_actions, after = to_actions(obs, ctx.layout, target, versions)
     converged = not layout_actions
     if rollout.aborted:
         summary = _rolled_back(obs, rollout, stable, desired, converged)
@@ -672,16 +346,40 @@ def _rollout(
         summary = _promoted(obs, desired, converged)
     else:
         summary = _running(rollout, canary, desired, unavailable)
-        summary.requeue = 0.2 if layout_actions else requeue
-    phase = transition(_current_phase(obs.status), summary.trigger)
+        summary.requeue = Requeue.NEXT_MOVE if layout_actions else requeue
+    state = state_after(obs, summary.trigger, rollout)
+    status = _rollout_status(
+        obs, ctx, rollout, summary, state=state, layout_actions=layout_actions, after=after
+    )
+    status = with_metrics_condition(status, obs, unavailable)
+    return Decision(
+        state=state,
+        trigger=summary.trigger,
+        status=status,
+        actions=(*layout_actions, *requests, *event_actions(events + summary.events)),
+        requeue_after=summary.requeue,
+    )
+
+
+def _rollout_status(
+    obs: Observation,
+    ctx: Context,
+    rollout: RolloutStatus,
+    summary: _Summary,
+    *,
+    state: RolloutState,
+    layout_actions: list[Action],
+    after: Layout,
+) -> FilterReleaseStatus:
+    """How a decision on a rollout reads in the status."""
     base = obs.status.model_copy(
         update={
-            "canary": desired,
+            "canary": ctx.desired,
             "rollout": rollout,
-            "current_step": steps.step_label(rollout, canary),
+            "current_step": steps.step_label(rollout, ctx.canary) if ctx.canary else None,
         }
     )
-    status = _conditions(
+    status = with_conditions(
         obs.model_copy(update={"status": base}),
         ready=summary.ready,
         progressing=summary.progressing,
@@ -694,114 +392,11 @@ def _rollout(
         (canary_plugin_name(obs.release), after.canary),
     )
     update: dict[str, Any] = {
-        "phase": phase.value,
+        "phase": PHASE[state].value,
         "message": summary.message,
         "wasm_plugins": tuple(name for name, plugin in plugins if plugin),
         **summary.update,
     }
     if any(isinstance(a, ApplyWasmPlugin) for a in layout_actions):
-        update["last_applied_time"] = timestamp(now)
-    status = _metrics_condition(_tracks(status.model_copy(update=update), after), obs, unavailable)
-    return Decision(
-        phase=phase,
-        trigger=summary.trigger,
-        status=status,
-        actions=(*layout_actions, *requests, *_events(events + summary.events)),
-        requeue_after=summary.requeue,
-    )
-
-
-def _metrics_condition(
-    status: FilterReleaseStatus, obs: Observation, unavailable: str | None
-) -> FilterReleaseStatus:
-    old = status.condition(ConditionType.METRICS_UNAVAILABLE)
-    if unavailable is None and old is None:
-        return status  # never set for releases without analysis: keep their status short
-    conds = set_condition(
-        status.conditions,
-        ConditionType.METRICS_UNAVAILABLE,
-        "True" if unavailable else "False",
-        "MeasurementError" if unavailable else "Measuring",
-        unavailable or "",
-        now=obs.now,
-        generation=obs.release.generation,
-    )
-    return status.model_copy(update={"conditions": conds})
-
-
-def action_failed(obs: Observation, decision: Decision, failed: Action, error: str) -> Decision:
-    """The decision to record when the API server refused an action decide() asked for. The
-    actions before it took effect; each is safe on its own, so the cluster is in a safe state,
-    and the next reconcile plans again from what it observes."""
-    return _degraded(
-        obs, Trigger.WRITE_FAILED, f"the API server refused {_describe(failed)}: {error}"
-    )
-
-
-def action_retrying(obs: Observation, decision: Decision, failed: Action, error: str) -> Decision:
-    """The decision to record when an action failed on something transient and will be retried."""
-    return _retrying(obs, Trigger.WRITE_RETRYING, f"retrying {_describe(failed)}: {error}")
-
-
-def write_failed(obs: Observation, decision: Decision, error: str) -> Decision:
-    failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
-    return action_failed(obs, decision, failed, error)
-
-
-def write_retrying(obs: Observation, decision: Decision, error: str) -> Decision:
-    failed = next(a for a in decision.actions if isinstance(a, ApplyWasmPlugin))
-    return action_retrying(obs, decision, failed, error)
-
-
-def _describe(action: Action) -> str:
-    match action:
-        case ApplyWasmPlugin():
-            return f"the write of WasmPlugin {action.name}"
-        case DeleteWasmPlugin():
-            return f"the deletion of WasmPlugin {action.name}"
-        case LabelPod():
-            return f"the label {action.key}={action.value} on pod {action.pod}"
-        case _:
-            return action.kind
-
-
-def _retrying(obs: Observation, trigger: Trigger, problem: str) -> Decision:
-    """Hold on something transient: Progressing (the proxies keep what they run) until it passes,
-    or until it has lasted longer than spec.progressDeadlineSeconds, counted from when
-    Progressing turned True, after which the release is Degraded with ProgressDeadlineExceeded
-    and stays so (no flapping) until it passes or the spec changes."""
-    if not isinstance(obs.spec, FilterReleaseSpec):
-        raise TypeError("only a valid spec can be retried")
-    deadline = obs.spec.progress_deadline_seconds
-    exceeded = _degraded(
-        obs,
-        Trigger.DEADLINE_EXCEEDED,
-        f"{problem} (for longer than progressDeadlineSeconds, {deadline}s)",
-    )
-    degraded = obs.status.condition(ConditionType.DEGRADED)
-    if (
-        degraded is not None
-        and degraded.status == "True"
-        and degraded.reason == Trigger.DEADLINE_EXCEEDED
-        and degraded.observed_generation == obs.release.generation
-    ):
-        return exceeded
-    progressing = obs.status.condition(ConditionType.PROGRESSING)
-    since = obs.now
-    if progressing is not None and progressing.status == "True":
-        since = datetime.strptime(progressing.last_transition_time, "%Y-%m-%dT%H:%M:%SZ").replace(
-            tzinfo=UTC
-        )
-    if (obs.now - since).total_seconds() > deadline:
-        return exceeded
-    phase = transition(_current_phase(obs.status), trigger)
-    message = f"{problem}; {_keeps_running(obs.status)}"
-    status = _conditions(
-        obs, ready=False, progressing=True, degraded=False, reason=trigger.value, message=message
-    ).model_copy(update={"phase": phase.value, "message": message})
-    if trigger is Trigger.MODULE_UNAVAILABLE:
-        status = _module_condition(status, obs, "Unknown", trigger.value, problem)
-    actions: tuple[Action, ...] = ()
-    if obs.status.message != message:
-        actions = (EmitEvent(type="Warning", reason=trigger.value, message=message),)
-    return Decision(phase=phase, trigger=trigger, status=status, actions=actions)
+        update["last_applied_time"] = timestamp(obs.now)
+    return with_tracks(status.model_copy(update=update), after)

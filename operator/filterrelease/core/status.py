@@ -6,7 +6,7 @@ changes only when its status flips, and a resync that changes nothing produces a
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from filterrelease.core.analysis import MetricResult
 from filterrelease.core.module import VerifiedModule
+from filterrelease.core.timestamps import timestamp
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -117,10 +118,6 @@ class FilterReleaseStatus(_Model):
 
     def to_body(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-def timestamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(

@@ -19,6 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from filterrelease.core.render import API_VERSION, GROUP, KIND
+from filterrelease.core.timestamps import timestamp
 
 RELEASE_VERSION = "v1alpha1"
 RELEASE_PLURAL = "filterreleases"
@@ -267,7 +268,7 @@ class KubeApi:
     ) -> None:
         self._fence()
         meta = release["metadata"]
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = timestamp(now)
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -1,0 +1,207 @@
+"""A decision, and how it reads in the status: conditions that move only on a flip, the
+tracks, the history, the phase that the state in core/rollout_state.py leads to. Pure."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+from filterrelease.core.actions import (
+    Action,
+    ApplyWasmPlugin,
+    DeleteWasmPlugin,
+    EmitEvent,
+    LabelPod,
+    MarkSplit,
+)
+from filterrelease.core.layout import Layout, StepKind, Target, apply, plan
+from filterrelease.core.observation import Observation
+from filterrelease.core.render import canary_plugin_name, render_plugin
+from filterrelease.core.rollout_state import (
+    PHASE,
+    Phase,
+    RolloutState,
+    Trigger,
+    state_of,
+    superseded,
+    target_state,
+    transition,
+)
+from filterrelease.core.spec import FilterReleaseSpec
+from filterrelease.core.status import (
+    ConditionStatus,
+    ConditionType,
+    FilterReleaseStatus,
+    HistoryEntry,
+    ModuleVersion,
+    RolloutStatus,
+    set_condition,
+)
+from filterrelease.core.timestamps import timestamp
+from filterrelease.core.tracks import CANARY, STABLE, track_label
+
+HISTORY_LIMIT = 10
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    state: RolloutState
+    trigger: Trigger
+    status: FilterReleaseStatus
+    actions: tuple[Action, ...] = ()
+    # Reconcile again after this many seconds (a canary step, a pause, a measurement is due).
+    requeue_after: float | None = None
+
+    @property
+    def phase(self) -> Phase:
+        return PHASE[self.state]
+
+    @property
+    def retry(self) -> bool:
+        """Whether the shell should reconcile again soon (with backoff) rather than wait for
+        the next watch event or resync: something transient is holding the release."""
+        return self.state is RolloutState.RETRYING
+
+
+def state_after(obs: Observation, trigger: Trigger, rollout: RolloutStatus | None) -> RolloutState:
+    """The state this decision leads to, checked against the table."""
+    canary = obs.spec.canary if isinstance(obs.spec, FilterReleaseSpec) else None
+    current = state_of(obs.status, canary)
+    previous = obs.status.rollout
+    if rollout is not None and (previous is None or previous.revision != rollout.revision):
+        # A new version starts a new rollout from the stable one: whatever the last rollout
+        # was doing is over (core/layout.py unwinds its pods).
+        current = superseded(current)
+    return transition(current, trigger, target_state(trigger, rollout, canary))
+
+
+def with_conditions(
+    obs: Observation, *, ready: bool, progressing: bool, degraded: bool, reason: str, message: str
+) -> FilterReleaseStatus:
+    gen = obs.release.generation
+    conds = obs.status.conditions
+    for type_, flag in (
+        (ConditionType.READY, ready),
+        (ConditionType.PROGRESSING, progressing),
+        (ConditionType.DEGRADED, degraded),
+    ):
+        conds = set_condition(
+            conds, type_, "True" if flag else "False", reason, message, now=obs.now, generation=gen
+        )
+    return obs.status.model_copy(update={"conditions": conds, "observed_generation": gen})
+
+
+def keeps_running(status: FilterReleaseStatus) -> str:
+    if status.applied:
+        return f"the proxies keep version {status.applied.version}"
+    return "nothing was released yet"
+
+
+def with_module_condition(
+    status: FilterReleaseStatus, obs: Observation, flag: ConditionStatus, reason: str, message: str
+) -> FilterReleaseStatus:
+    conds = set_condition(
+        status.conditions,
+        ConditionType.MODULE_VERIFIED,
+        flag,
+        reason,
+        message,
+        now=obs.now,
+        generation=obs.release.generation,
+    )
+    return status.model_copy(update={"conditions": conds})
+
+
+def shown(version: ModuleVersion) -> str:
+    """A version as people read it: the module's tag or digest, and which configuration (two
+    versions of one module differ only there)."""
+    return f"{version.version} (config {version.config_hash[:8]})"
+
+
+def to_actions(
+    obs: Observation, layout: Layout, target: Target, versions: dict[str, ModuleVersion]
+) -> tuple[list[Action], Layout]:
+    """The layout planner's steps as actions on the cluster, and the layout they lead to."""
+    actions: list[Action] = []
+    key = track_label(obs.release.name)
+    for step in plan(layout, target):
+        match step.kind:
+            case StepKind.MARK_SPLIT:
+                actions.append(MarkSplit(split=step.split))
+            case StepKind.APPLY_STABLE | StepKind.APPLY_CANARY:
+                role = STABLE if step.kind == StepKind.APPLY_STABLE else CANARY
+                current = layout.stable if role == STABLE else layout.canary
+                manifest = render_plugin(
+                    obs.release, versions[step.content or ""], role, narrowed=step.narrowed
+                )
+                actions.append(ApplyWasmPlugin(manifest=manifest, created=current is None))
+            case StepKind.DELETE_CANARY:
+                live = obs.live_plugins.get(canary_plugin_name(obs.release), {})
+                uid = live.get("metadata", {}).get("uid")
+                actions.append(DeleteWasmPlugin(name=canary_plugin_name(obs.release), uid=uid))
+            case StepKind.LABEL:
+                actions.append(LabelPod(pod=step.pod or "", key=key, value=step.value))
+        layout = apply(layout, step)
+    return actions, layout
+
+
+def with_tracks(status: FilterReleaseStatus, layout: Layout) -> FilterReleaseStatus:
+    canary = tuple(sorted(p for p, v in layout.pods.items() if v == CANARY))
+    stable = tuple(sorted(p for p, v in layout.pods.items() if v != CANARY))
+    weight = round(100 * len(canary) / len(layout.pods)) if layout.pods and canary else None
+    return status.model_copy(
+        update={
+            "canary_pods": canary if layout.canary else None,
+            "stable_pods": stable if layout.pods else None,
+            "canary_weight": weight if layout.canary else None,
+            "split": layout.split or None,
+        }
+    )
+
+
+def remember(
+    history: tuple[HistoryEntry, ...],
+    version: ModuleVersion,
+    outcome: str,
+    now: datetime,
+    reason: str | None = None,
+) -> tuple[HistoryEntry, ...]:
+    top = history[0] if history else None
+    if top and top.config_hash == version.config_hash and top.outcome == outcome:
+        return history
+    entry = HistoryEntry(
+        version=version.version,
+        config_hash=version.config_hash,
+        outcome=outcome,
+        at=timestamp(now),
+        reason=reason,
+    )
+    return (entry, *history)[:HISTORY_LIMIT]
+
+
+def event_actions(
+    raw: tuple[tuple[str, str, str], ...] | list[tuple[str, str, str]],
+) -> list[Action]:
+    return [
+        EmitEvent(type="Warning" if t == "Warning" else "Normal", reason=r, message=m)
+        for t, r, m in raw
+    ]
+
+
+def with_metrics_condition(
+    status: FilterReleaseStatus, obs: Observation, unavailable: str | None
+) -> FilterReleaseStatus:
+    old = status.condition(ConditionType.METRICS_UNAVAILABLE)
+    if unavailable is None and old is None:
+        return status  # never set for releases without analysis: keep their status short
+    conds = set_condition(
+        status.conditions,
+        ConditionType.METRICS_UNAVAILABLE,
+        "True" if unavailable else "False",
+        "MeasurementError" if unavailable else "Measuring",
+        unavailable or "",
+        now=obs.now,
+        generation=obs.release.generation,
+    )
+    return status.model_copy(update={"conditions": conds})

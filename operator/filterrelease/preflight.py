@@ -59,10 +59,11 @@ class Preflight:
         self._dry_run = dry_run
         # manifest digest (oci) or module sha256 (http) -> (layout, abi) of a verified module
         self._verified: dict[str, tuple[str, str]] = {}
-        # (manifest digest, (namespace, pull secret) or None for anonymous) that the registry
-        # served a manifest to: a pinned module is only taken as fetchable by a release whose
-        # own credentials (or none) were seen to work for it.
-        self._pulled: set[tuple[str, tuple[str, str] | None]] = set()
+        # (manifest digest, (registry, repository, (namespace, pull secret) or None for
+        # anonymous)) that a registry served the manifest to: a pinned module is only taken as
+        # fetchable by a release whose own credentials (or none) were seen to work for it,
+        # from that same repository.
+        self._pulled: set[tuple[str, tuple[str, str, tuple[str, str] | None]]] = set()
         self._modules: OrderedDict[str, bytes] = OrderedDict()
         # (sha256, pluginConfig as passed) -> the dry run's verdict (None: it ran fine)
         self._dry_runs: dict[tuple[str, str], ModuleProblem | None] = {}
@@ -101,7 +102,10 @@ class Preflight:
         # Who pulls: anonymous pulls work for every namespace, a pull secret only for the
         # releases that name it. A module verified with one namespace's secret says nothing
         # about whether another release's proxies (another secret, or none) may pull it.
-        access = (namespace, module.image_pull_secret) if module.image_pull_secret else None
+        # The same module may sit in a public registry and in a private one: what was pulled
+        # from one says nothing about the other either.
+        secret = (namespace, module.image_pull_secret) if module.image_pull_secret else None
+        access = (ref.registry, ref.repository, secret)
         if (
             ref.digest
             and ref.digest.removeprefix("sha256:") in self._verified

@@ -28,7 +28,8 @@ from filterrelease.core.module import (
     sha256_hex,
 )
 from filterrelease.core.spec import Module
-from filterrelease.kube.api import KubeApi, KubeError
+from filterrelease.kube.api import KubeError
+from filterrelease.ports import SecretReader
 from filterrelease.providers.dryrun import EnvoyDryRun
 from filterrelease.providers.registry import (
     MAX_MODULE_BYTES,
@@ -48,7 +49,7 @@ MODULE_CACHE_SIZE = 32
 class Preflight:
     def __init__(
         self,
-        kube: KubeApi,
+        kube: SecretReader,
         registry: RegistryClient,
         metrics: Metrics,
         dry_run: EnvoyDryRun | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -48,9 +48,9 @@ from filterrelease.core.status import FilterReleaseStatus, merge_patch
 from filterrelease.core.timestamps import parse_timestamp
 from filterrelease.core.tracks import CANARY, track_label
 from filterrelease.core.webhooks import Event, GateResult, HookType, Subject
-from filterrelease.kube.api import KubeApi, KubeError
+from filterrelease.kube.api import KubeError
 from filterrelease.notify import Notifier, gate
-from filterrelease.preflight import Preflight
+from filterrelease.ports import GateKeeper, Measurer, ModuleVerifier, ReleaseCluster
 from filterrelease.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -64,19 +64,6 @@ def _status(raw: object) -> FilterReleaseStatus:
         # what is observed rather than crashing the reconcile.
         log.warning("ignoring an unreadable status")
         return FilterReleaseStatus()
-
-
-class Measurer(Protocol):
-    """Takes the measurements that are due (filterrelease.analyzer.Analyzer)."""
-
-    async def measure_due(
-        self,
-        metrics: Sequence[Metric],
-        results: Mapping[str, MetricResult],
-        target: AnalysisTarget,
-        now: datetime,
-        step_started: datetime,
-    ) -> tuple[MetricResult, ...]: ...
 
 
 class SplitListener(Protocol):
@@ -97,14 +84,15 @@ def _no_split_listener(
 class Reconciler:
     def __init__(
         self,
-        kube: KubeApi,
-        preflight: Preflight,
+        kube: ReleaseCluster,
+        preflight: ModuleVerifier,
         metrics: Metrics,
         clock: Callable[[], datetime],
         *,
         measurer: Measurer | None = None,
         notifier: Notifier | None = None,
         on_split: SplitListener = _no_split_listener,
+        ask_gate: GateKeeper = gate,
     ) -> None:
         self._kube = kube
         self._preflight = preflight
@@ -113,6 +101,7 @@ class Reconciler:
         self._measurer = measurer
         self._notifier = notifier
         self._on_split = on_split
+        self._ask_gate = ask_gate
         # One reconcile at a time per release: watch events and the resync loop may overlap.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
@@ -245,7 +234,7 @@ class Reconciler:
 
         async def ask(hook_type: HookType) -> None:
             if any(h.type is hook_type for h in hooks):
-                gates[hook_type] = await gate(hooks, hook_type, subject)
+                gates[hook_type] = await self._ask_gate(hooks, hook_type, subject)
 
         async def measure(
             metrics: tuple[Metric, ...], results: tuple[MetricResult, ...]

@@ -1,0 +1,98 @@
+"""What the shell needs from the world, as Protocols: the Reconciler and the Preflight take these,
+not the concrete adapters, so tests/shell can drive the real Reconciler against in-memory fakes.
+
+KubeApi (kube/api.py) satisfies the cluster Protocols structurally; handlers.py hands it over
+and mypy checks that it fits there. Measurements are asked of a Measurer (analyzer.Analyzer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
+from filterrelease.core.module import ModuleFailure, VerifiedModule
+from filterrelease.core.spec import Module
+from filterrelease.core.webhooks import GateResult, HookType, Subject, Webhook
+
+
+class ReleaseReader(Protocol):
+    """What a reconcile reads: the release, its WasmPlugins, its pods, its AnalysisTemplates."""
+
+    async def get_release(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def get_wasmplugin(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def list_pods(
+        self, namespace: str, match_labels: dict[str, str]
+    ) -> dict[str, dict[str, str]]: ...
+
+    async def get_analysis_template(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+class ReleaseWriter(Protocol):
+    """What a reconcile writes. Each write may raise kube.api.KubeError (NotLeaderError when
+    this replica does not lead)."""
+
+    async def apply_wasmplugin(
+        self, manifest: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]: ...
+
+    async def delete_wasmplugin(self, namespace: str, name: str, uid: str | None) -> None: ...
+
+    async def label_pod(self, namespace: str, name: str, key: str, value: str | None) -> bool: ...
+
+    async def patch_release_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> None: ...
+
+    async def remove_release_annotation(self, namespace: str, name: str, key: str) -> None: ...
+
+    async def emit_event(
+        self, release: dict[str, Any], *, type_: str, reason: str, message: str, now: datetime
+    ) -> None: ...
+
+
+class ReleaseCluster(ReleaseReader, ReleaseWriter, Protocol):
+    """Everything the Reconciler asks of the cluster."""
+
+
+class SecretReader(Protocol):
+    """What the pre-flight reads: one key of a pull secret, None when it is not there."""
+
+    async def get_secret_data(self, namespace: str, name: str, key: str) -> bytes | None: ...
+
+
+class ModuleVerifier(Protocol):
+    """Proves a release's module can be fetched and loaded (preflight.Preflight)."""
+
+    async def verify(
+        self,
+        namespace: str,
+        module: Module,
+        plugin_config: dict[str, Any] | None,
+        generation: int,
+        previous: VerifiedModule | None,
+    ) -> VerifiedModule | ModuleFailure: ...
+
+
+class Measurer(Protocol):
+    """Takes the measurements that are due (analyzer.Analyzer)."""
+
+    async def measure_due(
+        self,
+        metrics: Sequence[Metric],
+        results: Mapping[str, MetricResult],
+        target: AnalysisTarget,
+        now: datetime,
+        step_started: datetime,
+    ) -> tuple[MetricResult, ...]: ...
+
+
+class GateKeeper(Protocol):
+    """Asks a release's gate webhooks of one type whether to go on (notify.gate)."""
+
+    async def __call__(
+        self, webhooks: Iterable[Webhook], hook_type: HookType, subject: Subject
+    ) -> GateResult: ...

@@ -55,8 +55,8 @@ typecheck: deps
 
 .PHONY: unit
 unit: deps
-	@echo "== unit tests (pure core)"
-	$(RUN) pytest tests/unit -q
+	@echo "== unit tests (pure core) and shell tests (the Reconciler over in-memory fakes)"
+	$(RUN) pytest tests/unit tests/shell -q
 
 .PHONY: integration
 integration: deps testbed filters image

@@ -27,6 +27,11 @@ T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 Key = tuple[str, str]  # (namespace, name)
 
 
+class Crash(BaseException):
+    """The operator process dies. A BaseException, as a kill is: nothing in the shell may
+    catch it and carry on."""
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386, as the API server applies application/merge-patch+json."""
     if not isinstance(patch, dict):
@@ -74,12 +79,27 @@ class FakeCluster:
     pods: dict[Key, dict[str, str]] = field(default_factory=dict)
     templates: dict[Key, dict[str, Any]] = field(default_factory=dict)
     events: list[RecordedEvent] = field(default_factory=list)
-    writes: int = 0
+    writes: int = 0  # WasmPlugin, pod and release writes; Events are counted apart
+    # The operator dies at this write attempt (Events included), before it takes effect: the
+    # countdown is set by a test and reaches zero once.
+    crash_in: int | None = None
     _versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     _uids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def _bump(self, obj: dict[str, Any]) -> None:
         obj.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+
+    def _survive(self) -> None:
+        if self.crash_in is None:
+            return
+        self.crash_in -= 1
+        if self.crash_in <= 0:
+            self.crash_in = None
+            raise Crash
+
+    def _write(self) -> None:
+        self._survive()
+        self.writes += 1
 
     def uid(self) -> str:
         return f"uid-{next(self._uids)}"
@@ -143,19 +163,19 @@ class FakeCluster:
         stored["metadata"]["uid"] = old["metadata"]["uid"] if old else self.uid()
         if dry_run:
             return stored
-        self.writes += 1
+        self._write()
         self._bump(stored)
         self.plugins[key] = stored
         return copy.deepcopy(stored)
 
     async def delete_wasmplugin(self, namespace: str, name: str, uid: str | None) -> None:
-        self.writes += 1
+        self._write()
         live = self.plugins.get((namespace, name))
         if live is not None and uid in (None, live["metadata"]["uid"]):
             del self.plugins[(namespace, name)]
 
     async def label_pod(self, namespace: str, name: str, key: str, value: str | None) -> bool:
-        self.writes += 1
+        self._write()
         labels = self.pods.get((namespace, name))
         if labels is None:
             return False
@@ -166,13 +186,13 @@ class FakeCluster:
         return True
 
     async def patch_release_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.writes += 1
+        self._write()
         body = self.releases[(namespace, name)]
         body["status"] = merge_patch(body.get("status") or {}, status)
         self._bump(body)
 
     async def remove_release_annotation(self, namespace: str, name: str, key: str) -> None:
-        self.writes += 1
+        self._write()
         body = self.releases[(namespace, name)]
         (body["metadata"].get("annotations") or {}).pop(key, None)
         self._bump(body)
@@ -180,6 +200,7 @@ class FakeCluster:
     async def emit_event(
         self, release: dict[str, Any], *, type_: str, reason: str, message: str, now: datetime
     ) -> None:
+        self._survive()
         self.events.append(RecordedEvent(release["metadata"]["name"], type_, reason, message))
 
 

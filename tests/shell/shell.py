@@ -10,7 +10,7 @@ from filterrelease.core.decision import Decision
 from filterrelease.core.rollout_state import Phase
 from filterrelease.reconcile import Reconciler
 from filterrelease.telemetry import Metrics
-from tests.shell.fakes import Clock, FakeCluster, FakeMeasurer, FakeVerifier, no_gates
+from tests.shell.fakes import Clock, Crash, FakeCluster, FakeMeasurer, FakeVerifier, no_gates
 
 NS = "shop"
 NAME = "headers"
@@ -63,9 +63,14 @@ class Shell:
         )
         return self.reconciler
 
-    def tick(self, seconds: float = 5.0) -> Decision:
-        decision = asyncio.run(self.reconciler.reconcile(NS, NAME))
-        assert decision is not None
+    def tick(self, seconds: float = 5.0) -> Decision | None:
+        """One reconcile; None when the operator crashed in it (a new one is started)."""
+        try:
+            decision = asyncio.run(self.reconciler.reconcile(NS, NAME))
+            assert decision is not None
+        except Crash:
+            self.restart()
+            decision = None
         check_one_version(self.cluster)
         self.clock.advance(seconds)
         return decision
@@ -74,7 +79,7 @@ class Shell:
         """Ticks until a decision in `phase` that has nothing left to write."""
         for _ in range(limit):
             decision = self.tick()
-            if decision.phase is phase and not decision.actions:
+            if decision is not None and decision.phase is phase and not decision.actions:
                 return decision
         raise AssertionError(f"never reached {phase}: {self.cluster.status(NS, NAME)}")
 

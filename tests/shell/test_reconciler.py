@@ -23,8 +23,14 @@ def test_a_canary_passes_every_step_in_order_and_is_promoted() -> None:
     shell = Shell()
     shell.steady("v1")
     shell.cluster.put_release(release("v2"))
-    shell.run_until(Phase.HEALTHY)
-    assert all(found == ["v2"] for found in shell.versions().values())
+    on_canary: list[int] = []  # pods on v2 after each tick
+    for _ in range(100):
+        decision = shell.tick()
+        on_canary.append(sum(found == ["v2"] for found in shell.versions().values()))
+        if decision is not None and decision.phase is Phase.HEALTHY and not decision.actions:
+            break
+    # 25% then 50% of the 4 pods, in that order, before all of them.
+    assert [n for i, n in enumerate(on_canary) if i == 0 or on_canary[i - 1] != n] == [0, 1, 2, 4]
     assert list(shell.cluster.plugins) == [(NS, NAME)]  # the canary plugin is gone
     assert all(set(labels) == {"app"} for labels in shell.cluster.pods.values())
     assert passed_steps(shell) == EVERY_STEP
@@ -52,6 +58,7 @@ def test_a_failed_analysis_puts_every_pod_back_on_exactly_the_stable_content() -
 def test_an_abort_request_is_consumed_and_rolls_back() -> None:
     shell = Shell()
     shell.steady("v1")
+    stable = copy.deepcopy(shell.cluster.plugins[(NS, NAME)]["spec"])
     shell.cluster.put_release(release("v2"))
     while "v2" not in {v for found in shell.versions().values() for v in found}:
         shell.tick()
@@ -60,6 +67,9 @@ def test_an_abort_request_is_consumed_and_rolls_back() -> None:
     annotations = shell.cluster.releases[(NS, NAME)]["metadata"].get("annotations") or {}
     assert REQUEST_ANNOTATION not in annotations
     assert all(found == ["v1"] for found in shell.versions().values())
+    assert shell.cluster.plugins[(NS, NAME)]["spec"] == stable
+    rolling_back = [e.message for e in shell.cluster.events if e.reason == "RollingBack"]
+    assert rolling_back == ["aborted by request: rolling back"]
     assert "RolledBack" in shell.cluster.reasons()
 
 

@@ -28,13 +28,13 @@ from urllib.parse import urlsplit
 
 import kopf
 
+from filterrelease.admission_tls import ServingCertificate, as_ip, issue
 from filterrelease.config import Settings
 from filterrelease.core.render import LABEL_MANAGED_BY, MANAGED_BY
 from filterrelease.core.tracks import STABLE, admission_labels, selects, track_label
+from filterrelease.kube.admission import AdmissionApi
 from filterrelease.kube.api import ApiClient, KubeApi, KubeError
-from filterrelease.kube.webhooks import AdmissionApi
 from filterrelease.splits import SplitRegistry, split_from_body
-from filterrelease.webhook_tls import ServingCertificate, as_ip, issue
 
 log = logging.getLogger(__name__)
 

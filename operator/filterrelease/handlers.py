@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 import kopf
 
 from filterrelease import admission
-from filterrelease.analyzer import Analyzer
+from filterrelease.analysis import Analyzer
 from filterrelease.build import build_versions
 from filterrelease.config import Settings
 from filterrelease.core.render import GROUP, LABEL_MANAGED_BY, LABEL_RELEASE, MANAGED_BY
 from filterrelease.health import HealthServer
+from filterrelease.hooks import Notifier
 from filterrelease.kube.api import ISTIO_GROUP, ApiClient, KubeApi, KubeError, load_api_client
 from filterrelease.kube.lease import LeaseApi
 from filterrelease.kube.podlogs import PodLogs
 from filterrelease.leadership import Leadership, LeaseLeadership
-from filterrelease.notify import Notifier
 from filterrelease.preflight import Preflight
 from filterrelease.providers.dryrun import EnvoyDryRun
 from filterrelease.providers.envoy import find_envoy

@@ -2,7 +2,7 @@
 not the concrete adapters, so tests/shell can drive the real Reconciler against in-memory fakes.
 
 KubeApi (kube/api.py) satisfies the cluster Protocols structurally; handlers.py hands it over
-and mypy checks that it fits there. Measurements are asked of a Measurer (analyzer.Analyzer).
+and mypy checks that it fits there. Measurements are asked of a Measurer (analysis.Analyzer).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
+from filterrelease.core.analysis import AnalysisTarget, MetricResult
+from filterrelease.core.analysis_spec import Metric
+from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.spec import Module
-from filterrelease.core.webhooks import GateResult, HookType, Subject, Webhook
 
 
 class ReleaseReader(Protocol):
@@ -78,7 +79,7 @@ class ModuleVerifier(Protocol):
 
 
 class Measurer(Protocol):
-    """Takes the measurements that are due (analyzer.Analyzer)."""
+    """Takes the measurements that are due (analysis.Analyzer)."""
 
     async def measure_due(
         self,
@@ -91,7 +92,7 @@ class Measurer(Protocol):
 
 
 class GateKeeper(Protocol):
-    """Asks a release's gate webhooks of one type whether to go on (notify.gate)."""
+    """Asks a release's gate webhooks of one type whether to go on (hooks.gate)."""
 
     async def __call__(
         self, webhooks: Iterable[Webhook], hook_type: HookType, subject: Subject

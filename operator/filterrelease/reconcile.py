@@ -23,9 +23,11 @@ from filterrelease.core.actions import (
     LabelPod,
     MarkSplit,
 )
-from filterrelease.core.analysis import AnalysisTarget, Metric, MetricResult
+from filterrelease.core.analysis import AnalysisTarget, MetricResult
+from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.decision import Decision
 from filterrelease.core.failures import action_failed, action_retrying
+from filterrelease.core.hooks import Event, GateResult, HookType, Subject
 from filterrelease.core.needs import Needs, unmeasured
 from filterrelease.core.observation import Observation, derive
 from filterrelease.core.render import (
@@ -47,9 +49,8 @@ from filterrelease.core.spec import (
 from filterrelease.core.status import FilterReleaseStatus, merge_patch
 from filterrelease.core.timestamps import parse_timestamp
 from filterrelease.core.tracks import CANARY, track_label
-from filterrelease.core.webhooks import Event, GateResult, HookType, Subject
+from filterrelease.hooks import Notifier, gate
 from filterrelease.kube.api import KubeError
-from filterrelease.notify import Notifier, gate
 from filterrelease.ports import GateKeeper, Measurer, ModuleVerifier, ReleaseCluster
 from filterrelease.telemetry import Metrics
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from filterrelease.providers.envoy import (
-    EnvoyProcess,
+from filterrelease.providers.envoy import EnvoyProcess
+from filterrelease.providers.envoy_bootstrap import (
     WasmFilter,
     bootstrap_config,
     lds_response,

@@ -13,16 +13,14 @@ from typing import Any
 
 import pytest
 
-from filterrelease.providers.envoy import (
+from filterrelease.providers.envoy import EnvoyError, EnvoyProcess, validate_config
+from filterrelease.providers.envoy_bootstrap import (
     RUNTIME_V8,
     WASM_FILTER,
-    EnvoyError,
-    EnvoyProcess,
     WasmFilter,
     bootstrap_config,
     lds_response,
     listener_config,
-    validate_config,
 )
 from tests.envoy.conftest import get
 

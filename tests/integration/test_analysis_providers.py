@@ -23,15 +23,9 @@ from typing import Any
 
 import pytest
 
-from filterrelease.analyzer import Analyzer
-from filterrelease.core.analysis import (
-    AnalysisPhase,
-    AnalysisTarget,
-    MeasurementPhase,
-    Metric,
-    ProxyLogsProvider,
-    Reading,
-)
+from filterrelease.analysis import Analyzer
+from filterrelease.core.analysis import AnalysisPhase, AnalysisTarget, MeasurementPhase, Reading
+from filterrelease.core.analysis_spec import Metric, ProxyLogsProvider
 from filterrelease.kube.api import load_api_client
 from filterrelease.kube.podlogs import PodLogs
 from filterrelease.providers.prometheus import PrometheusClient, measure_istio, measure_query

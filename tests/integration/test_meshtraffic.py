@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from filterrelease.providers.envoy import EnvoyProcess, bootstrap_config
+from filterrelease.providers.envoy import EnvoyProcess
+from filterrelease.providers.envoy_bootstrap import bootstrap_config
 from localcluster import LocalCluster
 from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
 from localcluster.prometheus import Prometheus, file_sd_job

@@ -17,10 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from filterrelease.core import analysis
-from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase, Metric, MetricResult
+from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase, MetricResult
+from filterrelease.core.analysis_spec import Metric
+from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.spec import Module
-from filterrelease.core.webhooks import GateResult, HookType, Subject, Webhook
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -18,8 +18,8 @@ from filterrelease.admission import (
     server_names,
     webhook_configuration,
 )
+from filterrelease.admission_tls import self_signed_certificate
 from filterrelease.config import Settings
-from filterrelease.webhook_tls import self_signed_certificate
 
 CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\n...").decode()
 LOCAL = {"url": "https://127.0.0.1:9443", "caBundle": CA}

@@ -12,12 +12,9 @@ from filterrelease.core.analysis import (
     MAX_MEASUREMENTS,
     WASM_POLL,
     AnalysisPhase,
-    AnalysisSpec,
     Measurement,
     MeasurementPhase,
-    Metric,
     MetricResult,
-    ProviderKind,
     Reading,
     assess,
     assess_all,
@@ -25,6 +22,11 @@ from filterrelease.core.analysis import (
     measurement,
     record,
     requeue_after,
+)
+from filterrelease.core.analysis_spec import (
+    AnalysisSpec,
+    Metric,
+    ProviderKind,
     step_analysis_problem,
 )
 

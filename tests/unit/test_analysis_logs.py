@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase, ProxyLogsProvider
+from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase
+from filterrelease.core.analysis_spec import ProxyLogsProvider
 from filterrelease.kube.podlogs import lines_since, parse_stamp
 from filterrelease.providers.proxylogs import measure_proxy_logs, scan
 from filterrelease.providers.wasm import LOG_PATTERNS

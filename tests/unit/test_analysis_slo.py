@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from filterrelease.core.analysis import IstioProvider, MeasurementPhase
+from filterrelease.core.analysis import MeasurementPhase
+from filterrelease.core.analysis_spec import IstioProvider
 from filterrelease.core.slo import Traffic, judge
 
 S, F, I = (  # noqa: E741

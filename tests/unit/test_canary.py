@@ -22,8 +22,10 @@ from filterrelease.core.actions import (
     LabelPod,
     MarkSplit,
 )
-from filterrelease.core.analysis import MeasurementPhase, Metric, MetricResult
+from filterrelease.core.analysis import MeasurementPhase, MetricResult
+from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.decision import Decision
+from filterrelease.core.hooks import GateResult, HookType
 from filterrelease.core.module import VerifiedModule
 from filterrelease.core.observation import Observation
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
@@ -38,7 +40,6 @@ from filterrelease.core.rollout_state import (
 from filterrelease.core.spec import FilterReleaseSpec, parse_spec
 from filterrelease.core.status import FilterReleaseStatus
 from filterrelease.core.tracks import STABLE, track_label
-from filterrelease.core.webhooks import GateResult, HookType
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 NAME = "headers"

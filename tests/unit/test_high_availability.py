@@ -22,6 +22,7 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from filterrelease.admission import confirmed_splits, server_names, webhook_configuration
+from filterrelease.admission_tls import RENEW_BEFORE, ServingCertificate, issue
 from filterrelease.config import Settings
 from filterrelease.core.tracks import track_label
 from filterrelease.health import HealthServer
@@ -30,7 +31,6 @@ from filterrelease.kube.lease import LeaseApi
 from filterrelease.leadership import LeaseLeadership
 from filterrelease.splits import SplitRegistry
 from filterrelease.telemetry import Metrics
-from filterrelease.webhook_tls import RENEW_BEFORE, ServingCertificate, issue
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
 

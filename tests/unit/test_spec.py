@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from filterrelease.core.analysis import Metric
+from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.spec import (
     FilterReleaseSpec,
     SpecError,

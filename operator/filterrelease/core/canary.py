@@ -37,11 +37,11 @@ from filterrelease.core.analysis import (
     MetricResult,
     assess_all,
 )
+from filterrelease.core.hooks import GateResult, HookType
 from filterrelease.core.rollout_state import PauseReason, Reason, Requeue
 from filterrelease.core.spec import Canary, Step
 from filterrelease.core.status import RolloutStatus
 from filterrelease.core.timestamps import seconds_since, timestamp
-from filterrelease.core.webhooks import GateResult, HookType
 
 
 def step_name(step: Step) -> str:

@@ -11,16 +11,16 @@ from pydantic import BaseModel, ConfigDict
 from filterrelease.core.analysis import (
     Measurement,
     MeasurementPhase,
-    Metric,
     MetricResult,
     record,
     requeue_after,
 )
+from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.canary import current_step
+from filterrelease.core.hooks import HookType
 from filterrelease.core.spec import Canary
 from filterrelease.core.status import RolloutStatus
 from filterrelease.core.timestamps import parse_timestamp, timestamp
-from filterrelease.core.webhooks import HookType
 
 FAST_FAIL = Metric.model_validate({"name": "wasm-fast-fail", "provider": {"wasm": {}}})
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from filterrelease.core import canary as steps
 from filterrelease.core.analysis import MetricResult
+from filterrelease.core.hooks import GateResult, HookType
 from filterrelease.core.layout import Layout, Target, plan
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.render import (
@@ -27,7 +28,6 @@ from filterrelease.core.render import (
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
 from filterrelease.core.status import FilterReleaseStatus, ModuleVersion, RolloutStatus
 from filterrelease.core.tracks import CANARY, track_label
-from filterrelease.core.webhooks import GateResult, HookType
 
 
 class Observation(BaseModel):

@@ -20,13 +20,8 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
-from filterrelease.core.analysis import (
-    IstioProvider,
-    LatencyP99,
-    MeasurementPhase,
-    Reading,
-    SuccessRate,
-)
+from filterrelease.core.analysis import MeasurementPhase, Reading
+from filterrelease.core.analysis_spec import IstioProvider, LatencyP99, SuccessRate
 from filterrelease.core.duration import format_duration
 
 # istio/proxy records whole milliseconds; a baseline below this is compared as this, so that a

@@ -15,10 +15,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-from filterrelease.core.analysis import AnalysisSpec, Metric, step_analysis_problem
+from filterrelease.core.analysis_spec import AnalysisSpec, Metric, step_analysis_problem
 from filterrelease.core.duration import parse_duration
+from filterrelease.core.hooks import Webhooks
 from filterrelease.core.tracks import TRACK_PREFIX, is_reserved
-from filterrelease.core.webhooks import Webhooks
 
 
 class _Model(BaseModel):

@@ -20,12 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from filterrelease.core.module import ModuleProblem, Reason
-from filterrelease.providers.envoy import (
-    EnvoyError,
-    EnvoyProcess,
-    WasmFilter,
-    bootstrap_config,
-)
+from filterrelease.providers.envoy import EnvoyError, EnvoyProcess
+from filterrelease.providers.envoy_bootstrap import WasmFilter, bootstrap_config
 
 # Envoy's own words for a plugin that did not load or configure, and for a VM that died.
 _WASM_MARKERS = ("wasm log", "Wasm VM failed", "failed to load", "Unable to create Wasm plugin",

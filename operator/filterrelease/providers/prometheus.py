@@ -24,13 +24,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from filterrelease.core import promql, slo
-from filterrelease.core.analysis import (
-    AnalysisTarget,
-    IstioProvider,
-    MeasurementPhase,
-    PrometheusProvider,
-    Reading,
-)
+from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase, Reading
+from filterrelease.core.analysis_spec import IstioProvider, PrometheusProvider
 from filterrelease.core.condition import ConditionError, compile_condition
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # an instant query for one number is a few hundred bytes

@@ -19,12 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from filterrelease.core.analysis import (
-    AnalysisTarget,
-    MeasurementPhase,
-    ProxyLogsProvider,
-    Reading,
-)
+from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase, Reading
+from filterrelease.core.analysis_spec import ProxyLogsProvider
 
 CONTAINER = "istio-proxy"
 READ_CONCURRENCY = 4  # pods whose logs are read at once, per measurement

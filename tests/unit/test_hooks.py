@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from filterrelease.core.webhooks import (
+from filterrelease.core.hooks import (
     GATES,
     Event,
     GateResult,

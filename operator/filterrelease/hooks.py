@@ -1,6 +1,6 @@
 """The shell around canary webhooks: gates the rollout waits on, events it only tells about.
 
-gate() asks every hook of one type at once and combines their answers (core.webhooks.combine);
+gate() asks every hook of one type at once and combines their answers (core.hooks.combine);
 what the answer means for the rollout is the state machine's (core/canary.py). Notifier sends
 event hooks fire-and-forget: a reconcile never waits on a Slack bridge, and a receiver that is
 down costs a log line, not a stuck rollout.
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
-from filterrelease.core.webhooks import (
+from filterrelease.core.hooks import (
     Event,
     GateResult,
     HookType,
@@ -24,7 +24,7 @@ from filterrelease.core.webhooks import (
     of_type,
     payload,
 )
-from filterrelease.providers.webhook import call
+from filterrelease.providers.hook import call
 
 log = logging.getLogger(__name__)
 

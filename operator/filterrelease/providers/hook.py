@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
-from filterrelease.core.webhooks import GateResult, Webhook
+from filterrelease.core.hooks import GateResult, Webhook
 
 # Flagger's client fails every status above 202 (and 1xx never reaches the caller).
 PASSING = range(200, 203)

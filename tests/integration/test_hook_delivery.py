@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from filterrelease.core.webhooks import Event, GateResult, HookType, Subject, Webhook, payload
-from filterrelease.notify import Notifier, gate
-from filterrelease.providers.webhook import call
+from filterrelease.core.hooks import Event, GateResult, HookType, Subject, Webhook, payload
+from filterrelease.hooks import Notifier, gate
+from filterrelease.providers.hook import call
 from localcluster.pki import CertificateAuthority, CertKey
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -366,7 +366,7 @@ def test_notifier_logs_failed_deliveries_and_never_raises(
         await notifier.aclose(grace_seconds=30)
         assert notifier.pending == 0
 
-    with caplog.at_level(logging.WARNING, logger="filterrelease.notify"):
+    with caplog.at_level(logging.WARNING, logger="filterrelease.hooks"):
         run(scenario())
     assert "event webhook failed: down: connection refused" in caplog.text
 
@@ -386,7 +386,7 @@ def test_aclose_waits_a_bounded_time_and_pending_is_bounded(
         after_close = notifier.send([held], SUBJECT, event("late"))
         return sent, after_close, closing
 
-    with caplog.at_level(logging.WARNING, logger="filterrelease.notify"):
+    with caplog.at_level(logging.WARNING, logger="filterrelease.hooks"):
         sent, after_close, closing = run(scenario())
     assert (sent, after_close) == (2, 0)
     assert closing < 0.5 + SLACK

@@ -27,13 +27,13 @@ from datetime import datetime, timedelta
 from filterrelease.core.analysis import (
     AnalysisTarget,
     MeasurementPhase,
-    Metric,
     MetricResult,
     Reading,
     is_due,
     measurement,
     record,
 )
+from filterrelease.core.analysis_spec import Metric
 from filterrelease.providers.prometheus import PrometheusClient, measure_istio, measure_query
 from filterrelease.providers.proxylogs import LogReader, measure_proxy_logs
 from filterrelease.providers.wasm import measure_wasm

@@ -39,6 +39,7 @@ from filterrelease.providers.registry import RegistryClient
 from filterrelease.reconcile import Reconciler
 from filterrelease.splits import SplitRegistry
 from filterrelease.telemetry import Metrics
+from filterrelease.tracks import sweep
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def register(registry: kopf.OperatorRegistry, config: Settings) -> None:
         if type == "DELETED":
             memo.splits.forget(namespace, name)
             memo.reconciler.forget(namespace, name)
+            if memo.leadership.leading:  # finds it gone: takes its track labels off the pods
+                await reconcile_logged(memo.reconciler, namespace, name)
             return
         memo.splits.update_from_body(body)  # before the reconcile: admission must not lag
         if memo.leadership.leading:
@@ -308,6 +311,8 @@ async def reconcile_logged(
 async def resync_forever(
     reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
 ) -> None:
+    # At start too: releases deleted while no operator ran left their track labels on pods.
+    await sweep_tracks(reconciler, kube, settings, requeues)
     while True:
         await asyncio.sleep(settings.resync_seconds)
         await resync_once(reconciler, kube, settings, requeues)
@@ -333,3 +338,30 @@ async def resync_once(
             await reconcile_logged(
                 reconciler, meta["namespace"], meta["name"], delays=(), requeues=requeues
             )
+        if not requeues.leading:
+            return
+        await _sweep(reconciler, kube, namespace, releases)
+
+
+async def sweep_tracks(
+    reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
+) -> None:
+    """Take the track labels of releases that no longer exist off the pods (the leader only)."""
+    for namespace in settings.namespaces or (None,):
+        if not requeues.leading:
+            return
+        try:
+            releases = await kube.list_releases(namespace)
+        except KubeError as err:
+            log.warning("cannot list FilterReleases to clean up track labels: %s", err)
+            continue
+        await _sweep(reconciler, kube, namespace, releases)
+
+
+async def _sweep(
+    reconciler: Reconciler, kube: KubeApi, namespace: str | None, releases: list[dict[str, Any]]
+) -> None:
+    try:
+        await sweep(kube, reconciler.locks, namespace, releases)
+    except KubeError as err:  # the next resync tries again
+        log.warning("cannot clean up the track labels of deleted releases: %s", err)

@@ -19,7 +19,8 @@ from filterrelease.core.spec import Module
 
 
 class ReleaseReader(Protocol):
-    """What a reconcile reads: the release, its WasmPlugins, its pods, its AnalysisTemplates."""
+    """What a reconcile reads: the release, its WasmPlugins, its pods, its AnalysisTemplates;
+    the releases of a namespace and the pods with track labels (to clean up after deletions)."""
 
     async def get_release(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -30,6 +31,12 @@ class ReleaseReader(Protocol):
     ) -> dict[str, dict[str, str]]: ...
 
     async def get_analysis_template(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def list_releases(self, namespace: str | None) -> list[dict[str, Any]]: ...
+
+    async def list_tracked_pods(
+        self, namespace: str | None, key: str | None = None
+    ) -> dict[tuple[str, str], dict[str, str]]: ...
 
 
 class ReleaseWriter(Protocol):

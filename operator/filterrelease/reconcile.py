@@ -52,7 +52,9 @@ from filterrelease.core.tracks import CANARY, track_label
 from filterrelease.hooks import Notifier, gate
 from filterrelease.kube.api import KubeError
 from filterrelease.ports import GateKeeper, Measurer, ModuleVerifier, ReleaseCluster
+from filterrelease.release_locks import ReleaseLocks
 from filterrelease.telemetry import Metrics
+from filterrelease.tracks import remove_track
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,7 @@ class Reconciler:
         notifier: Notifier | None = None,
         on_split: SplitListener = _no_split_listener,
         ask_gate: GateKeeper = gate,
+        locks: ReleaseLocks | None = None,
     ) -> None:
         self._kube = kube
         self._preflight = preflight
@@ -104,12 +107,11 @@ class Reconciler:
         self._on_split = on_split
         self._ask_gate = ask_gate
         # One reconcile at a time per release: watch events and the resync loop may overlap.
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.locks = locks or ReleaseLocks()
 
     async def reconcile(self, namespace: str, name: str) -> Decision | None:
         """Bring one release's WasmPlugins and status in line with its spec."""
-        lock = self._locks.setdefault((namespace, name), asyncio.Lock())
-        async with lock:
+        async with self.locks.of(namespace, name):
             with self._metrics.reconcile_seconds.time():
                 try:
                     return await self._reconcile(namespace, name)
@@ -118,15 +120,16 @@ class Reconciler:
                     raise
 
     def forget(self, namespace: str, name: str) -> None:
-        self._locks.pop((namespace, name), None)
         self._metrics.forget(namespace, name)
 
     async def _reconcile(self, namespace: str, name: str) -> Decision | None:
         # Read fresh rather than trusting the watch event's body: it may predate our last write.
         body = await self._kube.get_release(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            # Deleted: the garbage collector removes the owned WasmPlugins.
+            # Deleted: the garbage collector removes the owned WasmPlugins; the track labels
+            # on its pods are ours to remove (under this lock: a new release of the name waits).
             self.forget(namespace, name)
+            await remove_track(self._kube, namespace, track_label(name))
             return None
         obs = await self._observe(body)
         ctx = derive(obs)

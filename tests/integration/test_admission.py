@@ -253,3 +253,102 @@ def test_pod_creation_while_the_operator_is_down(
         timeout=TIMEOUT,
         what="pod creation in a meshed namespace after the operator's restart",
     )
+
+
+# -- a deleted release's track labels -----------------------------------------------------------
+
+
+def tracks(cluster: LocalCluster, namespace: str) -> dict[str, str]:
+    """Pod name → its value of the release's track label, for the pods that carry one."""
+    pods = get_json(cluster, "pods", "-n", namespace) or {"items": []}
+    return {
+        p["metadata"]["name"]: p["metadata"]["labels"][TRACK]
+        for p in pods["items"]
+        if TRACK in (p["metadata"].get("labels") or {})
+    }
+
+
+def split_four_pods(cluster: LocalCluster, namespace: str, published: Published) -> None:
+    """Four frontend pods, then the release at v1.1.0 and v1.2.0 on half of them (the pause)."""
+    for i in range(4):
+        labels, stderr = create_pod(cluster, namespace, pod(f"frontend-{i}", {"app": "frontend"}))
+        assert labels is not None, stderr
+    roll_out_canary(cluster, release_with_canary(cluster, namespace, published), published)
+    cluster.wait_for(
+        lambda: sorted(tracks(cluster, namespace).values()) == ["canary"] * 2 + ["stable"] * 2,
+        timeout=TIMEOUT,
+        what="two of the four pods on the canary, two on the stable track",
+    )
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_release_deleted_mid_canary_takes_its_track_labels_off_the_pods(
+    istio_cluster: LocalCluster, meshed: str, published: Published
+) -> None:
+    split_four_pods(istio_cluster, meshed, published)
+    istio_cluster.kubectl("delete", "filterrelease", RELEASE, "-n", meshed)
+    istio_cluster.wait_for(
+        lambda: tracks(istio_cluster, meshed) == {},
+        timeout=TIMEOUT,
+        what="the deleted release's track labels to be gone from its pods",
+    )
+    # The name is free again: a new release of it is one plugin over every pod, unsplit.
+    release_with_canary(istio_cluster, meshed, published)
+    plugin = get_json(istio_cluster, "wasmplugin", RELEASE, "-n", meshed)
+    assert plugin["spec"]["selector"]["matchLabels"] == {"app": "frontend"}
+    istio_cluster.wait_for(  # the old release's, removed by the garbage collector
+        lambda: get_json(istio_cluster, "wasmplugin", f"{RELEASE}-canary", "-n", meshed) is None,
+        timeout=TIMEOUT,
+        what="the deleted release's canary WasmPlugin to be collected",
+    )
+    assert tracks(istio_cluster, meshed) == {}
+    assert split(istio_cluster, meshed) is None
+
+
+def test_track_labels_of_a_release_deleted_while_the_operator_was_down_are_removed_at_start(
+    istio_cluster: LocalCluster, meshed: str, published: Published, operator: OperatorProcess
+) -> None:
+    split_four_pods(istio_cluster, meshed, published)
+    operator.stop()
+    try:
+        istio_cluster.kubectl("delete", "filterrelease", RELEASE, "-n", meshed)
+        assert len(tracks(istio_cluster, meshed)) == 4  # nobody took them off
+    finally:
+        operator.start()
+    istio_cluster.wait_for(
+        lambda: tracks(istio_cluster, meshed) == {},
+        timeout=TIMEOUT,
+        what="the track labels of the release deleted while the operator was down to be gone",
+    )
+
+
+@pytest.mark.usefixtures("operator")
+def test_a_release_of_the_same_name_created_right_after_the_deletion_starts_clean(
+    istio_cluster: LocalCluster, meshed: str, published: Published
+) -> None:
+    """Deleted mid-canary and applied again at once (as `kubectl replace --force` or an Argo
+    CD re-create does): whichever the operator sees first, every pod ends under the new
+    release's one plugin, without a track label."""
+    split_four_pods(istio_cluster, meshed, published)
+    manifest = example(meshed, registry=published.registry)
+    istio_cluster.kubectl("delete", "filterrelease", RELEASE, "-n", meshed)
+    istio_cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def settled() -> bool:
+        body = get_json(istio_cluster, "filterrelease", RELEASE, "-n", meshed)
+        ready = condition(body, "Ready")
+        return (
+            ready is not None
+            and ready["status"] == "True"
+            and body["status"].get("observedGeneration") == body["metadata"]["generation"]
+            and tracks(istio_cluster, meshed) == {}
+        )
+
+    istio_cluster.wait_for(settled, timeout=TIMEOUT, what="the new release Ready, no track label")
+    plugin = get_json(istio_cluster, "wasmplugin", RELEASE, "-n", meshed)
+    assert plugin["spec"]["selector"]["matchLabels"] == {"app": "frontend"}
+    istio_cluster.wait_for(  # the old release's, removed by the garbage collector
+        lambda: get_json(istio_cluster, "wasmplugin", f"{RELEASE}-canary", "-n", meshed) is None,
+        timeout=TIMEOUT,
+        what="the deleted release's canary WasmPlugin to be collected",
+    )

@@ -22,6 +22,7 @@ from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.spec import Module
+from filterrelease.core.tracks import TRACK_PREFIX
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -121,6 +122,16 @@ class FakeCluster:
         self._bump(stored)
         self.releases[key] = stored
 
+    def delete_release(self, namespace: str, name: str, *, collect: bool = True) -> None:
+        """Delete the release as a user would; `collect`: the garbage collector has also
+        removed the WasmPlugins it owns (it does so asynchronously on a real cluster)."""
+        uid = self.releases.pop((namespace, name))["metadata"]["uid"]
+        if collect:
+            for key, plugin in list(self.plugins.items()):
+                owners = plugin["metadata"].get("ownerReferences") or []
+                if any(o.get("uid") == uid for o in owners):
+                    del self.plugins[key]
+
     def annotate(self, namespace: str, name: str, key: str, value: str) -> None:
         meta = self.releases[(namespace, name)]["metadata"]
         meta.setdefault("annotations", {})[key] = value
@@ -151,6 +162,20 @@ class FakeCluster:
 
     async def get_analysis_template(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.templates.get((namespace, name)))
+
+    async def list_releases(self, namespace: str | None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(body) for (ns, _), body in sorted(self.releases.items())
+                if namespace in (None, ns)]  # fmt: skip
+
+    async def list_tracked_pods(
+        self, namespace: str | None, key: str | None = None
+    ) -> dict[tuple[str, str], dict[str, str]]:
+        return {
+            (ns, pod): dict(labels)
+            for (ns, pod), labels in self.pods.items()
+            if namespace in (None, ns)
+            and (key in labels if key else any(k.startswith(TRACK_PREFIX) for k in labels))
+        }
 
     # ReleaseWriter
 

@@ -59,3 +59,21 @@ def admission_labels(
         if selects(release.match_labels, pod_labels) and key not in pod_labels:
             added[key] = STABLE
     return added
+
+
+def orphaned_tracks(
+    pods: Iterable[tuple[str, Mapping[str, str]]], releases: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """The track labels no release owns any more, as (namespace, label key): a release deleted
+    mid-canary leaves its key on every pod it split (its WasmPlugins go by garbage collection,
+    labels do not). A release splits pods of its own namespace only, so a key is owned when a
+    release of that name exists in the pod's namespace.
+
+    pods: (namespace, labels) of each pod; releases: (namespace, name) of each release."""
+    owned = {(namespace, track_label(name)) for namespace, name in releases}
+    return {
+        (namespace, key)
+        for namespace, labels in pods
+        for key in labels
+        if is_reserved(key) and (namespace, key) not in owned
+    }

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from filterrelease.core.render import API_VERSION, GROUP, KIND
 from filterrelease.core.timestamps import timestamp
+from filterrelease.core.tracks import is_reserved
 
 RELEASE_VERSION = "v1alpha1"
 RELEASE_PLURAL = "filterreleases"
@@ -218,6 +219,28 @@ class KubeApi:
             pod.metadata.name: dict(pod.metadata.labels or {})
             for pod in found.items
             if pod.metadata.deletion_timestamp is None
+        }
+
+    async def list_tracked_pods(
+        self, namespace: str | None, key: str | None = None
+    ) -> dict[tuple[str, str], dict[str, str]]:
+        """Live pods that carry a track label ((namespace, name) → labels): the one `key`, or,
+        without one, any (a label selector cannot match a key prefix, so every pod is listed
+        and the rest left out here). namespace None: every namespace."""
+        selector = key or ""
+        if namespace:
+            found = await self._call(
+                self._core.list_namespaced_pod, namespace, label_selector=selector
+            )
+        else:
+            found = await self._call(
+                self._core.list_pod_for_all_namespaces, label_selector=selector
+            )
+        return {
+            (pod.metadata.namespace, pod.metadata.name): dict(pod.metadata.labels or {})
+            for pod in found.items
+            if pod.metadata.deletion_timestamp is None
+            and any(is_reserved(k) for k in pod.metadata.labels or {})
         }
 
     async def label_pod(self, namespace: str, name: str, key: str, value: str | None) -> bool:

@@ -7,9 +7,11 @@ seen (remove_track, from the reconcile that finds the release gone) and, for rel
 while no operator ran, by a sweep at start-up and at every resync (sweep).
 
 Both run under the release's lock (release_locks.py) and check first that no release of the
-namespace owns the key: a release of the same name created right after the deletion is then
-reconciled either before the clean-up (which leaves its labels alone) or after it (and starts
-from unlabelled pods). The pod admission webhook adds labels only for releases that exist.
+namespace owns the key. A release owns its key's labels only while it may have split pods:
+its status says split, or records a rollout (which may still be unwinding its labels). A
+release of the same name created right after the deletion has neither (a first version is never
+canaried: there is nothing to canary against), so the old labels come off whichever the operator
+sees first. The pod admission webhook adds labels only for releases that are split.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ async def remove_track(kube: ReleaseCluster, namespace: str, key: str) -> int:
     return removed
 
 
+def _may_own_tracks(release: Mapping[str, Any]) -> bool:
+    status = release.get("status") or {}
+    return bool(status.get("split") or status.get("rollout"))
+
+
 def _owned(releases: Iterable[Mapping[str, Any]], namespace: str, key: str) -> bool:
     return any(
-        r["metadata"]["namespace"] == namespace and track_label(r["metadata"]["name"]) == key
+        r["metadata"]["namespace"] == namespace
+        and track_label(r["metadata"]["name"]) == key
+        and _may_own_tracks(r)
         for r in releases
     )
 
@@ -47,10 +56,12 @@ def _owned(releases: Iterable[Mapping[str, Any]], namespace: str, key: str) -> b
 async def sweep(
     kube: ReleaseCluster, locks: ReleaseLocks, namespace: str | None, releases: list[dict[str, Any]]
 ) -> int:
-    """Remove the track labels no release of `releases` (the namespace's, just listed) owns;
-    how many labels were removed. namespace None: every namespace."""
+    """Remove the track labels no release of `releases` (the namespace's, just listed) owns
+    (see above); how many were removed. namespace None: every namespace."""
     pods = await kube.list_tracked_pods(namespace)
-    names = ((r["metadata"]["namespace"], r["metadata"]["name"]) for r in releases)
+    names = (
+        (r["metadata"]["namespace"], r["metadata"]["name"]) for r in releases if _may_own_tracks(r)
+    )
     removed = 0
     for pod_namespace, key in sorted(
         orphaned_tracks(((ns, labels) for (ns, _), labels in pods.items()), names)

@@ -344,7 +344,15 @@ def test_a_release_of_the_same_name_created_right_after_the_deletion_starts_clea
             and tracks(istio_cluster, meshed) == {}
         )
 
-    istio_cluster.wait_for(settled, timeout=TIMEOUT, what="the new release Ready, no track label")
+    try:
+        istio_cluster.wait_for(settled, timeout=TIMEOUT, what="the new release Ready, no tracks")
+    except TimeoutError as err:
+        body = get_json(istio_cluster, "filterrelease", RELEASE, "-n", meshed)
+        plugins = istio_cluster.kubectl("get", "wasmplugins", "-n", meshed, "-o", "yaml").stdout
+        raise AssertionError(
+            f"{err}\nrelease: {json.dumps(body, indent=1)}\ntracks: "
+            f"{tracks(istio_cluster, meshed)}\nplugins: {plugins}"
+        ) from err
     plugin = get_json(istio_cluster, "wasmplugin", RELEASE, "-n", meshed)
     assert plugin["spec"]["selector"]["matchLabels"] == {"app": "frontend"}
     istio_cluster.wait_for(  # the old release's, removed by the garbage collector

@@ -42,6 +42,7 @@ def test_a_sweep_after_a_restart_cleans_up_releases_deleted_while_no_operator_ra
     shell = mid_canary()
     other = release("v1")
     other["metadata"]["name"] = "limits"
+    other["status"] = {"split": True}  # mid-canary too: its labels are its own
     shell.cluster.put_release(other)
     shell.cluster.pods[(NS, "web-0")][track_label("limits")] = "stable"  # a live release's
     shell.cluster.delete_release(NS, NAME)
@@ -86,3 +87,21 @@ def test_a_new_release_of_the_same_name_created_before_the_deletion_was_seen() -
     shell.run_until(Phase.HEALTHY)  # the one-version check runs after every tick
     assert all(found == ["v3"] for found in shell.versions().values())
     assert tracked(shell) == {}
+
+
+def test_a_new_release_without_a_canary_does_not_keep_the_old_labels() -> None:
+    """Created again at once without a canary strategy (its pods are never listed): it is
+    released to every pod, and the next sweep takes the old incarnation's labels off, since a
+    release that never split owns no track label."""
+    shell = mid_canary()
+    shell.cluster.delete_release(NS, NAME)
+    direct = release("v3")
+    del direct["spec"]["strategy"]
+    shell.cluster.put_release(direct)
+    shell.run_until(Phase.HEALTHY)
+    assert len(tracked(shell)) == 4
+    releases = asyncio.run(shell.cluster.list_releases(NS))
+    assert asyncio.run(sweep(shell.cluster, shell.reconciler.locks, NS, releases)) == 4
+    assert tracked(shell) == {}
+    shell.run_until(Phase.HEALTHY)
+    assert all(found == ["v3"] for found in shell.versions().values())

@@ -7,7 +7,7 @@ Usually through MeshCluster, which starts it with the control plane:
     with MeshCluster(workdir) as cluster:
         cluster.mesh.prometheus.query("sum by (pod, response_code) (istio_requests_total)")
 
-or by hand on a cluster started with the kwok Logs configuration:
+or by hand on a cluster started with the kwok Logs and PortForward configuration:
 
     kwok = mesh_kwok_config(workdir)                     # before the cluster starts
     with LocalCluster(workdir / "cluster", kwok_configs=[kwok]) as cluster:
@@ -33,6 +33,7 @@ from localcluster.processes import StartStop
 from localcluster.prometheus import Prometheus, file_sd_job
 from meshagent.agent import MeshAgent
 from meshtraffic.exporter import MeshMetricsExporter
+from meshtraffic.podforwards import PodForwards, portforward_crd_manifest
 from meshtraffic.podlogs import (
     CONTAINER,
     KWOK_CONFIG_YAML,
@@ -85,11 +86,12 @@ def meshed_deployment(
 
 
 def install_mesh_crds(cluster: LocalCluster) -> None:
-    """kwok's Logs CRD, which the pod log writer creates one object of per meshed pod."""
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(logs_crd_manifest()))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/logs.kwok.x-k8s.io", "--timeout=30s"
-    )
+    """kwok's Logs and PortForward CRDs: the pod log writer and PodForwards create one object
+    of each per meshed pod."""
+    for crd in (logs_crd_manifest(), portforward_crd_manifest()):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(crd))
+        name = crd["metadata"]["name"]
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
 
 
 class MeshStack(StartStop):
@@ -114,6 +116,7 @@ class MeshStack(StartStop):
         self.logs = PodLogWriter(
             agent_dir, register=kubectl_registrar(cluster.kubectl), poll_interval=poll_interval
         )
+        self.forwards = PodForwards(agent_dir, cluster.kubectl, poll_interval=poll_interval)
         self.prometheus = Prometheus(
             workdir / "prometheus",
             self.exporter.targets_file,
@@ -122,7 +125,13 @@ class MeshStack(StartStop):
             ],
             binary=prometheus_binary,
         )
-        self._parts: list[StartStop] = [self.agent, self.exporter, self.logs, self.prometheus]
+        self._parts: list[StartStop] = [
+            self.agent,
+            self.exporter,
+            self.logs,
+            self.forwards,
+            self.prometheus,
+        ]
         self._started: list[StartStop] = []
 
     @property
@@ -177,8 +186,9 @@ class MeshCluster(LocalCluster):
     """A LocalCluster that also runs the data plane (MeshStack) and stops it first.
 
     On start, after the control plane is ready: Istio's CRDs of `istio_version` (the agent
-    watches WasmPlugins), kwok's Logs CRD, then the MeshStack under `<workdir>/mesh/`, exposed
-    as `cluster.mesh`. kwok gets the Logs configuration for `kubectl logs -c istio-proxy` at its
+    watches WasmPlugins), kwok's Logs and PortForward CRDs, then the MeshStack under
+    `<workdir>/mesh/`, exposed as `cluster.mesh`. kwok gets the Logs and PortForward
+    configuration (`kubectl logs -c istio-proxy`, `kubectl port-forward <pod> 15000`) at its
     start. A failure anywhere stops everything started so far, as LocalCluster does.
 
     A subclass here rather than a flag on LocalCluster: the data plane needs the mesh agent,

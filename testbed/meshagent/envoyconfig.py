@@ -47,11 +47,14 @@ def _address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": LOOPBACK, "port_value": port}}
 
 
-def bootstrap(*, upstream_port: int, lds_path: Path, cluster_port: int) -> dict[str, Any]:
-    """Admin on a free loopback port, one static cluster to the app, listeners from LDS."""
+def bootstrap(
+    *, upstream_port: int, lds_path: Path, cluster_port: int, admin_port: int = 0
+) -> dict[str, Any]:
+    """Admin on loopback (`admin_port`, or any free port for 0), one static cluster to the
+    app, listeners from LDS."""
     name = inbound_cluster(cluster_port)
     return {
-        "admin": {"address": _address(0)},
+        "admin": {"address": _address(admin_port)},
         "static_resources": {
             "clusters": [
                 {

@@ -10,6 +10,8 @@ Everything lives under the agent's `workdir`:
       <namespace>/<pod>/        one directory per meshed pod (kept after the pod goes away)
         port                    the sidecar's inbound listener port on 127.0.0.1; written when
                                 the sidecar serves, removed when it stops
+        admin-port              the sidecar Envoy's admin port on 127.0.0.1 (fixed for the
+                                sidecar's life; `kubectl port-forward <pod> 15000` leads there)
         envoy.log               Envoy's own log (default Envoy format; Wasm VM lines, panics)
         access.log              one JSON object per request (fields below)
         agent.log               istio-agent's lines for this pod, Istio's log format:
@@ -84,6 +86,9 @@ AGENT_LOG = "agent.log"
 POD_JSON = "pod.json"
 AGENT_METRICS_PORT_FILE = "agent-metrics-port"
 UPSTREAM_PORT_FILE = "upstream-port"
+# The sidecar Envoy's admin port (loopback), fixed for the sidecar's life: what a PortForward
+# of the pod's port 15000 (Istio's proxy admin port) leads to.
+ADMIN_PORT_FILE = "admin-port"
 MODULES_DIR = "modules"
 
 # Access log fields (JSON keys), in the order Envoy writes them.

@@ -77,6 +77,9 @@ class Sidecar:
         self.log = fetch.AgentLog(self.dir / layout.AGENT_LOG)
         self.cache = fetch.ModuleCache(workdir / layout.MODULES_DIR, self.metrics, self.log)
         self.port = free_port()
+        # The admin port stays the same across Envoy restarts: kwok's PortForward for the pod
+        # (`kubectl port-forward <pod> 15000`) names it once.
+        self.admin_port = free_port()
         self._cond = threading.Condition()
         self._desired: tuple[RemoteWasm, ...] | None = None
         self._stopping = False
@@ -111,6 +114,7 @@ class Sidecar:
 
     def start(self) -> None:
         self.log.info(f"starting sidecar for pod {self.namespace}/{self.pod}", scope="default")
+        layout.write_atomically(self.dir / layout.ADMIN_PORT_FILE, f"{self.admin_port}\n")
         self._thread.start()
 
     def update(self, desired: Sequence[RemoteWasm]) -> None:
@@ -263,6 +267,7 @@ class Sidecar:
             upstream_port=self.upstream_port,
             lds_path=self.dir / "lds.json",
             cluster_port=self.inbound_port,
+            admin_port=self.admin_port,
         )
         bootstrap_path = self.dir / "bootstrap.json"
         layout.write_atomically(bootstrap_path, json.dumps(bootstrap, indent=1))

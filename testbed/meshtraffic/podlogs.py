@@ -38,7 +38,8 @@ CONTAINER = "istio-proxy"
 
 # A kwok config document (pass the file among LocalCluster's kwok_configs): kwok then takes
 # `Logs` rules from the apiserver (kwok.x-k8s.io/v1alpha1, namespaced) instead of --config.
-# Only Logs: ClusterLogs (and everything else) may still come from --config files.
+# Only Logs and PortForward (meshtraffic.podforwards): the other kinds may still come from
+# --config files.
 # kwok applies its option defaults only when no KwokConfiguration is given at all, so every
 # defaulted option is spelled out with kwok v0.8.0's default (a missing playStageParallelism
 # would stop kwok with "must be greater than 0"); command-line flags still override these.
@@ -48,6 +49,7 @@ kind: KwokConfiguration
 options:
   enableCRDs:
   - Logs
+  - PortForward
   cidr: 10.0.0.0/24
   manageAllNodes: false
   enableDebuggingHandlers: true

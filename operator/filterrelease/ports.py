@@ -8,6 +8,7 @@ and mypy checks that it fits there. Measurements are asked of a Measurer (analys
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -15,7 +16,26 @@ from filterrelease.core.analysis import AnalysisTarget, MetricResult
 from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
+from filterrelease.core.proxies import Expected, ProxyReading
 from filterrelease.core.spec import Module
+
+
+@dataclass(frozen=True)
+class SelectedPod:
+    """A live pod a release's workload selector matches."""
+
+    labels: dict[str, str]
+    uid: str = ""
+    sidecar: bool = False  # Running, with an istio-proxy container: a proxy to confirm
+
+
+class ProxyReader(Protocol):
+    """Reads what selected proxies run (kube/proxies.ProxyAdmin): pod → expectation in, pod →
+    reading out. It may answer from what a proxy confirmed before."""
+
+    async def read(
+        self, namespace: str, wants: Mapping[str, tuple[str, Expected]]
+    ) -> dict[str, ProxyReading]: ...
 
 
 class ReleaseReader(Protocol):
@@ -28,7 +48,7 @@ class ReleaseReader(Protocol):
 
     async def list_pods(
         self, namespace: str, match_labels: dict[str, str]
-    ) -> dict[str, dict[str, str]]: ...
+    ) -> dict[str, SelectedPod]: ...
 
     async def get_analysis_template(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 

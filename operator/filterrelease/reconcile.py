@@ -25,15 +25,18 @@ from filterrelease.core.actions import (
 )
 from filterrelease.core.analysis import AnalysisTarget, MetricResult
 from filterrelease.core.analysis_spec import Metric
+from filterrelease.core.confirmation import proxy_needs
 from filterrelease.core.decision import Decision
 from filterrelease.core.failures import action_failed, action_retrying
 from filterrelease.core.hooks import Event, GateResult, HookType, Subject
+from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.needs import Needs, unmeasured
-from filterrelease.core.observation import Observation, derive
+from filterrelease.core.observation import Context, Observation, derive
 from filterrelease.core.render import (
     ReleaseRef,
     canary_plugin_name,
     live_plugin_state,
+    module_version,
     stable_plugin_name,
 )
 from filterrelease.core.requests import REQUEST_ANNOTATION
@@ -51,7 +54,7 @@ from filterrelease.core.timestamps import parse_timestamp
 from filterrelease.core.tracks import CANARY, track_label
 from filterrelease.hooks import Notifier, gate
 from filterrelease.kube.api import KubeError
-from filterrelease.ports import GateKeeper, Measurer, ModuleVerifier, ReleaseCluster
+from filterrelease.ports import GateKeeper, Measurer, ModuleVerifier, ProxyReader, ReleaseCluster
 from filterrelease.release_locks import ReleaseLocks
 from filterrelease.telemetry import Metrics
 from filterrelease.tracks import remove_track
@@ -93,6 +96,7 @@ class Reconciler:
         clock: Callable[[], datetime],
         *,
         measurer: Measurer | None = None,
+        proxies: ProxyReader | None = None,
         notifier: Notifier | None = None,
         on_split: SplitListener = _no_split_listener,
         ask_gate: GateKeeper = gate,
@@ -103,6 +107,9 @@ class Reconciler:
         self._metrics = metrics
         self._clock = clock
         self._measurer = measurer
+        # None: nothing reads the proxies, and no release waits for them (today's trust in
+        # the written WasmPlugins).
+        self._proxies = proxies
         self._notifier = notifier
         self._on_split = on_split
         self._ask_gate = ask_gate
@@ -133,6 +140,7 @@ class Reconciler:
             return None
         obs = await self._observe(body)
         ctx = derive(obs)
+        obs = await self._read_proxies(obs, ctx)
         obs = await self._answer(obs, needs(obs, ctx))
         decision = decide(obs, ctx)
         decision = await self._execute(body, obs, decision)
@@ -181,6 +189,7 @@ class Reconciler:
         status = _status(body.get("status"))
         module = None
         pods: dict[str, dict[str, str]] = {}
+        sidecars: dict[str, str] = {}
         if isinstance(spec, FilterReleaseSpec):
             module = await self._preflight.verify(
                 release.namespace,
@@ -189,8 +198,12 @@ class Reconciler:
                 release.generation,
                 status.module,
             )
-            if spec.selector is not None and _pods_matter(spec, status, release, live):
-                pods = await self._kube.list_pods(release.namespace, spec.selector.match_labels)
+            confirm = self._proxies is not None and not _confirmed(spec, status, module, release)
+            if spec.selector is not None and (confirm or _pods_matter(spec, status, release, live)):
+                selected = await self._kube.list_pods(release.namespace, spec.selector.match_labels)
+                pods = {name: pod.labels for name, pod in selected.items()}
+                if self._proxies is not None:
+                    sidecars = {name: pod.uid for name, pod in selected.items() if pod.sidecar}
         return Observation(
             release=release,
             spec=spec,
@@ -199,8 +212,18 @@ class Reconciler:
             module=module,
             now=self._clock(),
             pods=pods,
+            sidecars=sidecars,
             request=(meta.get("annotations") or {}).get(REQUEST_ANNOTATION),
         )
+
+    async def _read_proxies(self, obs: Observation, ctx: Context | None) -> Observation:
+        """What the selected proxies run, for the ones proxy_needs() names."""
+        wants = proxy_needs(obs, ctx)
+        if self._proxies is None or not wants:
+            return obs
+        asked = {pod: (obs.sidecars[pod], want) for pod, want in wants.items()}
+        readings = await self._proxies.read(obs.release.namespace, asked)
+        return obs.model_copy(update={"proxies": readings})
 
     async def _templates(
         self, namespace: str, names: tuple[str, ...]
@@ -380,6 +403,22 @@ class Reconciler:
 
 def _results(need: Needs) -> dict[str, Any]:
     return {"step_results": need.step_results, "background_results": need.background_results}
+
+
+def _confirmed(
+    spec: FilterReleaseSpec,
+    status: FilterReleaseStatus,
+    module: VerifiedModule | ModuleFailure,
+    release: ReleaseRef,
+) -> bool:
+    """Every proxy confirmed the version a steady release asks for: a resync lists no pod and
+    reads no proxy for it (a canary lists its pods anyway)."""
+    if not isinstance(module, VerifiedModule) or status.proxies is None:
+        return False
+    if status.proxies.confirmed_at is None:
+        return False
+    desired = module_version(spec, release.generation, module).config_hash
+    return status.proxies.target == f"{desired[:12]}//0"
 
 
 def _pods_matter(

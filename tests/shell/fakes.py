@@ -22,6 +22,7 @@ from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.spec import Module
+from filterrelease.ports import SelectedPod
 from filterrelease.core.tracks import TRACK_PREFIX
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -153,9 +154,9 @@ class FakeCluster:
 
     async def list_pods(
         self, namespace: str, match_labels: dict[str, str]
-    ) -> dict[str, dict[str, str]]:
+    ) -> dict[str, SelectedPod]:
         return {
-            pod: dict(labels)
+            pod: SelectedPod(labels=dict(labels), uid=f"uid-{pod}")
             for (ns, pod), labels in self.pods.items()
             if ns == namespace and all(labels.get(k) == v for k, v in match_labels.items())
         }

@@ -35,6 +35,7 @@ from meshtraffic.metrics import (
     workload_from_pod_name,
 )
 from meshtraffic.podfiles import PodDir, read_port, walk_pod_dirs
+from meshtraffic.podforwards import portforward_crd_manifest, portforward_manifest
 from meshtraffic.podlogs import (
     KWOK_CONFIG_YAML,
     PodLogMerger,
@@ -509,7 +510,7 @@ def test_pod_log_merger_appends_in_cri_format(tmp_path: Path) -> None:
 def test_kwok_manifests() -> None:
     cfg = yaml.safe_load(KWOK_CONFIG_YAML)
     assert cfg["kind"] == "KwokConfiguration"
-    assert cfg["options"]["enableCRDs"] == ["Logs"]
+    assert cfg["options"]["enableCRDs"] == ["Logs", "PortForward"]
     assert cfg["options"]["podPlayStageParallelism"] == 4
     crd = logs_crd_manifest()
     assert crd["metadata"]["name"] == "logs.kwok.x-k8s.io"
@@ -523,6 +524,18 @@ def test_kwok_manifests() -> None:
             "logsFile": "/w/shop/web-1/istio-proxy.cri.log",
             "follow": True,
         }
+    ]
+    crd = portforward_crd_manifest()
+    assert crd["metadata"]["name"] == "portforwards.kwok.x-k8s.io"
+    assert crd["spec"]["names"]["kind"] == "PortForward"
+    forward = portforward_manifest("shop", "web-1", 40123)
+    assert forward["metadata"] == {
+        "name": "web-1",
+        "namespace": "shop",
+        "labels": {"app.kubernetes.io/managed-by": "meshtraffic"},
+    }
+    assert forward["spec"]["forwards"] == [
+        {"ports": [15000], "target": {"address": "127.0.0.1", "port": 40123}}
     ]
 
 

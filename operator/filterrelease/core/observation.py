@@ -17,6 +17,7 @@ from filterrelease.core.analysis import MetricResult
 from filterrelease.core.hooks import GateResult, HookType
 from filterrelease.core.layout import Layout, Target, plan
 from filterrelease.core.module import ModuleFailure, VerifiedModule
+from filterrelease.core.proxies import ProxyReading
 from filterrelease.core.render import (
     ReleaseRef,
     canary_plugin_name,
@@ -44,6 +45,10 @@ class Observation(BaseModel):
     now: datetime
     # Live pods the workload selector matches (terminating ones left out), name → labels.
     pods: dict[str, dict[str, str]] = {}
+    # The selected pods that have a proxy (an istio-proxy container, Running), name → uid.
+    sidecars: dict[str, str] = {}
+    # What the proxies the shell read run (core/proxies.py), by pod; see proxy_needs().
+    proxies: dict[str, ProxyReading] = {}
     # The manual request annotation's value, if one is pending.
     request: str | None = None
     # What the shell measured and asked for this decision (see needs()).

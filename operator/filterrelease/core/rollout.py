@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from filterrelease.core import canary as steps
 from filterrelease.core.actions import Action, ApplyWasmPlugin, ConsumeRequest, EmitEvent
+from filterrelease.core.confirmation import ProxyCheck, check_proxies, next_look, with_proxies
 from filterrelease.core.decision import (
     Decision,
     event_actions,
@@ -83,21 +84,47 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
         obs.status, obs, "True", "Verified", f"{module.url}: {module.layout} image, {module.abi}"
     ).model_copy(update={"module": module})
     obs = obs.model_copy(update={"status": verified})
+    check = check_proxies(obs, ctx)
     if ctx.rollout is None:
-        return _direct(obs, ctx)
-    return _rollout(obs, ctx)
+        return _direct(obs, ctx, check)
+    return _rollout(obs, ctx, check)
 
 
-def _direct(obs: Observation, ctx: Context) -> Decision:
+def _direct_trigger(obs: Observation, actions: list[Action], check: ProxyCheck) -> Trigger:
+    if actions:
+        # Written now: with proxies to ask, it is released once they confirm it.
+        return Trigger.CONVERGING if obs.sidecars else Trigger.WRITE
+    if check.confirmed:
+        return Trigger.IN_SYNC
+    if check.failed or check.timed_out:
+        return Trigger.NOT_CONVERGED
+    return Trigger.CONVERGING
+
+
+def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
     desired = ctx.desired
     actions, after = to_actions(obs, ctx.layout, ctx.target, {desired.config_hash: desired})
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
-    trigger = Trigger.WRITE if actions else Trigger.IN_SYNC
+    trigger = _direct_trigger(obs, actions, check)
     state = state_after(obs, trigger, obs.status.rollout)
+    released = trigger in (Trigger.WRITE, Trigger.IN_SYNC)
     message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
+    if trigger is Trigger.CONVERGING:
+        waiting = f": {check.waiting}" if check.waiting else ""
+        message = (
+            f"WasmPlugin {name} carries version {shown(desired)}; waiting for the proxies{waiting}"
+        )
+    elif trigger is Trigger.NOT_CONVERGED:
+        why = f"module not loaded: {check.failed}" if check.failed else check.timed_out
+        message = f"version {shown(desired)} is not running on every selected proxy: {why}"
     status = with_conditions(
-        obs, ready=True, progressing=False, degraded=False, reason="Released", message=message
+        obs,
+        ready=released,
+        progressing=trigger is Trigger.CONVERGING,
+        degraded=trigger is Trigger.NOT_CONVERGED,
+        reason="Released" if released else trigger.value,
+        message=message,
     )
     rollout = obs.status.rollout
     finished = rollout is not None and rollout.revision == desired.config_hash
@@ -105,21 +132,22 @@ def _direct(obs: Observation, ctx: Context) -> Decision:
         "phase": PHASE[state].value,
         "message": message,
         "applied": desired,
-        # Without a canary there is no analysis to pass: a version that was written and read
-        # back is the last known good one.
-        "stable": desired,
         "canary": None,
         "current_step": None,
         "wasm_plugins": (name,),
         # The last rollout stays on show once it promoted this version; any other is over.
         "rollout": rollout if finished else None,
-        "history": remember(obs.status.history, desired, "Released", obs.now)
-        if not finished
-        else obs.status.history,
     }
+    if released:
+        # Without a canary there is no analysis to pass: a version the proxies run (or, with
+        # nothing to ask, that was written and read back) is the last known good one.
+        update["stable"] = desired
+        if not finished:
+            update["history"] = remember(obs.status.history, desired, "Released", obs.now)
     if writes:
         update["last_applied_time"] = timestamp(obs.now)
     status = with_metrics_condition(with_tracks(status.model_copy(update=update), after), obs, None)
+    status = with_proxies(status, obs, check)
     events: list[Action] = []
     for write in writes:
         verb = Reason.CREATED if write.created else Reason.UPDATED
@@ -141,6 +169,10 @@ def _direct(obs: Observation, ctx: Context) -> Decision:
                 message=f"request {obs.request!r} ignored: no canary rollout is in progress",
             )
         )
+    requeue: float | None = Requeue.UNWIND if actions and after.split else None
+    if not released or check.unreachable:
+        # Not every proxy confirmed: look again (soon while they converge).
+        requeue = min(requeue or Requeue.UNWIND, next_look(check) or Requeue.UNWIND)
     return Decision(
         state=state,
         trigger=trigger,
@@ -148,7 +180,7 @@ def _direct(obs: Observation, ctx: Context) -> Decision:
         actions=(*actions, *events),
         # Unwinding a split takes more than one decision (widening waits for the canary
         # plugin's deletion to be observed): come back soon.
-        requeue_after=Requeue.UNWIND if actions and after.split else None,
+        requeue_after=requeue,
     )
 
 
@@ -183,13 +215,33 @@ def _analysis_due_in(obs: Observation, ctx: Context) -> float | None:
 
 
 def _progress(
-    obs: Observation, ctx: Context, canary: Canary, rollout: RolloutStatus, stable: ModuleVersion
+    obs: Observation,
+    ctx: Context,
+    canary: Canary,
+    rollout: RolloutStatus,
+    stable: ModuleVersion,
+    *,
+    check: ProxyCheck,
 ) -> tuple[RolloutStatus, float | None, str | None, list[tuple[str, str, str]]]:
     """Judge a running rollout: (rollout, requeue after, metrics-unavailable message, events)."""
     converged = ctx.converged
     if rollout != ctx.rollout:
         # A request changed the rollout in this decision: its target may differ.
         converged = not plan(ctx.layout, split_target(obs, rollout, stable, ctx.desired))
+    elif check.canary_failed:
+        # The proxies say the canary did not load where it should run: no analysis window
+        # would tell more (istio-agent's deny-all fallback answers 403 to everything).
+        why = f"proxies report the canary not loaded: {check.canary_failed}"
+        aborted = rollout.model_copy(update={"aborted": why, "aborted_at": timestamp(obs.now)})
+        return aborted, Requeue.UNWIND, None, [("Warning", Reason.ROLLING_BACK, why)]
+    elif converged and obs.sidecars:
+        # The layout is in place; a step counts once the proxies run it too, and its analysis
+        # counts traffic from the moment they were all seen to.
+        converged = check.confirmed
+        if check.confirmed and not rollout.proxies_confirmed:
+            rollout = rollout.model_copy(
+                update={"proxies_confirmed": True, "canary_since": timestamp(obs.now)}
+            )
     deadline = (
         obs.spec.progress_deadline_seconds if isinstance(obs.spec, FilterReleaseSpec) else 600
     )
@@ -210,9 +262,15 @@ def _progress(
     )
     judged = outcome.rollout
     if judged.weight != rollout.weight:
-        # The canary pods change now: analysis counts their traffic from here.
-        judged = judged.model_copy(update={"canary_since": timestamp(obs.now)})
-    return judged, outcome.requeue_after, outcome.metrics_unavailable, list(outcome.events)
+        # The canary pods change now: analysis counts their traffic from here (or, with
+        # proxies to confirm, from when they all run the new layout).
+        judged = judged.model_copy(
+            update={"canary_since": timestamp(obs.now), "proxies_confirmed": False}
+        )
+    requeue = outcome.requeue_after
+    if converged is False and obs.sidecars and (look := next_look(check)) is not None:
+        requeue = min(requeue, look) if requeue is not None else look
+    return judged, requeue, outcome.metrics_unavailable, list(outcome.events)
 
 
 class _Summary(BaseModel):
@@ -270,7 +328,13 @@ def _rolled_back(
     )
 
 
-def _promoted(obs: Observation, desired: ModuleVersion, converged: bool) -> _Summary:
+def _promoted(
+    obs: Observation, desired: ModuleVersion, converged: bool, check: ProxyCheck
+) -> _Summary:
+    if converged and obs.sidecars and not check.confirmed:
+        waiting = check.timed_out or check.failed or check.waiting or "the proxies"
+        message = f"promoting {shown(desired)}: waiting for {waiting}"
+        return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=Requeue.UNWIND)
     if not converged:
         message = f"promoting {shown(desired)} to every selected proxy"
         return _Summary(trigger=Trigger.PROMOTING, message=message, requeue=Requeue.UNWIND)
@@ -308,7 +372,7 @@ def _running(
     return _Summary(trigger=Trigger.ROLLING_OUT, message=message)
 
 
-def _rollout(obs: Observation, ctx: Context) -> Decision:
+def _rollout(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
     if ctx.rollout is None or ctx.canary is None or ctx.stable is None:
         raise ValueError("a rollout runs with a canary strategy and a stable version")
     now = obs.now
@@ -331,7 +395,9 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
     requeue: float | None = None
     unavailable: str | None = None
     if not rollout.aborted and not rollout.promoting:
-        rollout, requeue, unavailable, judged = _progress(obs, ctx, canary, rollout, stable)
+        rollout, requeue, unavailable, judged = _progress(
+            obs, ctx, canary, rollout, stable, check=check
+        )
         events += judged
 
     # Plan against the judged rollout: a weight just raised moves pods, and a rollback starts,
@@ -343,15 +409,19 @@ def _rollout(obs: Observation, ctx: Context) -> Decision:
     if rollout.aborted:
         summary = _rolled_back(obs, rollout, stable, desired, converged)
     elif rollout.promoting:
-        summary = _promoted(obs, desired, converged)
+        summary = _promoted(obs, desired, converged, check)
     else:
         summary = _running(rollout, canary, desired, unavailable)
+        if not check.confirmed and converged and obs.sidecars:
+            waiting = check.timed_out or check.failed or check.waiting
+            summary.message += f"; holds until the proxies run it: {waiting}"
         summary.requeue = Requeue.NEXT_MOVE if layout_actions else requeue
     state = state_after(obs, summary.trigger, rollout)
     status = _rollout_status(
         obs, ctx, rollout, summary, state=state, layout_actions=layout_actions, after=after
     )
     status = with_metrics_condition(status, obs, unavailable)
+    status = with_proxies(status, obs, check)
     return Decision(
         state=state,
         trigger=summary.trigger,

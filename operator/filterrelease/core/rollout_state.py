@@ -37,6 +37,8 @@ class Trigger(StrEnum):
     CONFLICT = "Conflict"  # a WasmPlugin name is taken by something we do not own
     WRITE = "Write"  # the live WasmPlugins differ from the desired ones
     IN_SYNC = "InSync"  # the live WasmPlugins are the desired ones
+    CONVERGING = "ProxiesConverging"  # written; not every selected proxy runs it yet
+    NOT_CONVERGED = "ProxiesNotConverged"  # past the confirmation timeout, or a proxy's fallback
     WRITE_FAILED = "WriteFailed"  # the API server refused our write
     WRITE_RETRYING = "WriteRetrying"  # a write failed on something transient; retrying
     MODULE_REJECTED = "ModuleRejected"  # pre-flight found the module unusable
@@ -96,6 +98,7 @@ class RolloutState(StrEnum):
     PENDING = "Pending"  # never reconciled
     STEADY = "Steady"  # one version on every selected proxy
     RETRYING = "Retrying"  # a write or the module's registry failed on something transient
+    CONVERGING = "Converging"  # one version written everywhere; the proxies have not all confirmed
     DEGRADED = "Degraded"  # the desired version cannot be released; the last one runs
     # A canary runs: which kind of step it is on.
     STEPPING = "Stepping"  # pods move to the canary weight (setWeight), or the next wave starts
@@ -116,6 +119,7 @@ PHASE: dict[RolloutState, Phase] = {
     _S.PENDING: Phase.PENDING,
     _S.STEADY: Phase.HEALTHY,
     _S.RETRYING: Phase.PROGRESSING,
+    _S.CONVERGING: Phase.PROGRESSING,
     _S.DEGRADED: Phase.DEGRADED,
     _S.STEPPING: Phase.PROGRESSING,
     _S.WAITING: Phase.PROGRESSING,
@@ -140,6 +144,8 @@ _LEADS_TO: dict[Trigger, RolloutState] = {
     Trigger.CONFLICT: _S.DEGRADED,
     Trigger.WRITE: _S.STEADY,  # a write is expected to land; WRITE_FAILED corrects it
     Trigger.IN_SYNC: _S.STEADY,
+    Trigger.CONVERGING: _S.CONVERGING,
+    Trigger.NOT_CONVERGED: _S.DEGRADED,
     Trigger.WRITE_FAILED: _S.DEGRADED,
     Trigger.WRITE_RETRYING: _S.RETRYING,
     Trigger.MODULE_REJECTED: _S.DEGRADED,
@@ -159,9 +165,10 @@ _PAUSED_STATES = frozenset(_PAUSED.values())
 _STEPS = frozenset({_S.STEPPING, _S.WAITING, _S.ANALYSING, _S.WAITING_ON_GATE})
 # A canary of this revision is running (neither promoting nor rolling back).
 _RUNNING = _STEPS | {_S.HOLDING} | _PAUSED_STATES
-# A write or the registry failed, or the spec was invalid, in the middle of any state: the
-# rollout recorded in status.rollout resumes from where it was once that passes.
-_INTERRUPTED = frozenset({_S.RETRYING, _S.DEGRADED})
+# A write or the registry failed, the spec was invalid, or a version was still converging on
+# the proxies, in the middle of any state: the rollout recorded in status.rollout resumes from
+# where it was once that passes.
+_INTERRUPTED = frozenset({_S.RETRYING, _S.DEGRADED, _S.CONVERGING})
 # A rollout starts from the stable version; a request (abort, promote-full, pause) may come with
 # the very decision that starts it, so its first decision may already be any of its moves.
 _STARTING = frozenset({_S.STEADY})
@@ -182,6 +189,10 @@ MOVES: dict[Trigger, tuple[frozenset[RolloutState], frozenset[RolloutState]]] = 
     # version asked for again (a Git revert ends any rollout).
     Trigger.WRITE: (_ANY, frozenset({_S.STEADY})),
     Trigger.IN_SYNC: (_ANY, frozenset({_S.STEADY})),
+    # ...written, then confirmed by every selected proxy (core/confirmation.py): until then it
+    # converges, and past the timeout (or on a proxy's fallback) it is Degraded.
+    Trigger.CONVERGING: (_ANY, frozenset({_S.CONVERGING})),
+    Trigger.NOT_CONVERGED: (_ANY, frozenset({_S.DEGRADED})),
     # The canary's own moves.
     Trigger.ROLLING_OUT: (_STARTING | _RUNNING | _INTERRUPTED | _RETRIED, _STEPS),
     Trigger.METRICS_UNAVAILABLE: (_STARTING | _RUNNING | _INTERRUPTED, frozenset({_S.HOLDING})),

@@ -168,6 +168,29 @@ class Strategy(_Model):
     canary: Canary | None = None
 
 
+class WhenUnreachable(StrEnum):
+    """What a release does when a selected proxy's admin cannot be read (no pods/portforward
+    permission, a proxy without an admin port)."""
+
+    HOLD = "Hold"  # not Ready, a canary step does not pass: only proof counts
+    TRUST_WRITE = "TrustWrite"  # counts the written WasmPlugins as released (Istio's own view)
+
+
+class ProxyConfirmation(_Model):
+    """How the release confirms that the selected proxies run a version (core/confirmation.py)."""
+
+    # Past this, the release says which proxies have not converged (ProxiesNotConverged): a
+    # direct release is Degraded, a canary holds (its progress deadline rolls it back).
+    timeout_seconds: int = Field(default=120, ge=5, le=3600)
+    # None: Hold for a release with a canary strategy, TrustWrite for one without.
+    when_unreachable: WhenUnreachable | None = None
+
+    def when_unreachable_for(self, canary: bool) -> WhenUnreachable:
+        if self.when_unreachable is not None:
+            return self.when_unreachable
+        return WhenUnreachable.HOLD if canary else WhenUnreachable.TRUST_WRITE
+
+
 class FilterReleaseSpec(_Model):
     selector: Selector | None = None
     target_refs: tuple[TargetRef, ...] | None = None
@@ -180,6 +203,7 @@ class FilterReleaseSpec(_Model):
     plugin_config: dict[str, Any] | None = None
     vm_config: VmConfig | None = None
     progress_deadline_seconds: int = Field(default=600, ge=10, le=86400)
+    proxy_confirmation: ProxyConfirmation = ProxyConfirmation()
     strategy: Strategy | None = None
 
     @model_validator(mode="after")

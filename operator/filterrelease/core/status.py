@@ -33,6 +33,7 @@ class ConditionType(StrEnum):
     DEGRADED = "Degraded"
     MODULE_VERIFIED = "ModuleVerified"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
+    PROXIES_CONFIRMED = "ProxiesConfirmed"
 
 
 class Condition(_Model):
@@ -70,6 +71,9 @@ class RolloutStatus(_Model):
     step_started_at: str
     weight: int = 0  # share of the pods the last setWeight asked for
     canary_since: str | None = None  # when the canary pods last changed: analysis starts here
+    # The proxies confirmed the step's layout (core/confirmation.py); canary_since then moved
+    # to that moment, so analysis counts only traffic the canary version really served.
+    proxies_confirmed: bool = False
     paused: str | None = None  # why it waits for a person: PauseStep, Inconclusive, Manual
     promoting: bool = False  # every step passed (or promote --full): the version goes to all
     aborted: str | None = None  # why it was rolled back; it stays so until the spec changes
@@ -88,6 +92,35 @@ class HistoryEntry(_Model):
     outcome: str  # Released, Promoted, RolledBack
     at: str
     reason: str | None = None
+
+
+class LaggingProxy(_Model):
+    """A selected proxy that does not (yet) run the version it should."""
+
+    pod: str
+    wants: str  # the version it should run
+    runs: str  # what its Envoy reports instead (or why it could not be read)
+
+
+class ProxiesStatus(_Model):
+    """What the selected proxies were last seen running (core/proxies.py), for readers:
+    `ready` is the PROXIES printer column."""
+
+    ready: str  # "<confirmed>/<total>"
+    total: int
+    confirmed: int
+    stable: int = 0  # confirmed on the stable track's version
+    canary: int = 0  # confirmed on the canary's
+    pending: int = 0  # still on the previous version, or nothing of the release yet
+    fallback: int = 0  # istio-agent's deny-all/allow-all stand-in: the module did not load
+    unknown: int = 0  # a version that is neither
+    unreachable: int = 0  # the proxy's admin could not be read
+    lagging: tuple[LaggingProxy, ...] = ()  # the first few that are not confirmed
+    target: str = ""  # the layout they were checked against (confirmation.target_key)
+    # When the proxies were first asked for the layout they should now run (the wait starts)
+    # and when every one of them was first seen running it.
+    waiting_since: str | None = None
+    confirmed_at: str | None = None
 
 
 class FilterReleaseStatus(_Model):
@@ -112,6 +145,8 @@ class FilterReleaseStatus(_Model):
     module: VerifiedModule | None = None
     wasm_plugins: tuple[str, ...] = ()
     last_applied_time: str | None = None
+    # What the selected proxies run, read from their Envoys; None while nothing was asked.
+    proxies: ProxiesStatus | None = None
 
     def condition(self, type_: ConditionType) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

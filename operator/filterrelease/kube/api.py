@@ -18,9 +18,11 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from filterrelease.core.proxies import ISTIO_PROXY_CONTAINER
 from filterrelease.core.render import API_VERSION, GROUP, KIND
 from filterrelease.core.timestamps import timestamp
 from filterrelease.core.tracks import is_reserved
+from filterrelease.ports import SelectedPod
 
 RELEASE_VERSION = "v1alpha1"
 RELEASE_PLURAL = "filterreleases"
@@ -72,6 +74,16 @@ def _error(exc: Exception) -> KubeError:
 
 # Re-exported so the shell can pass the client around without importing `kubernetes`.
 ApiClient = client.ApiClient
+
+
+def _has_sidecar(pod: Any) -> bool:
+    """Running, with an istio-proxy container (injected, or a native sidecar among the init
+    containers): a proxy whose admin can be read."""
+    if (pod.status.phase if pod.status else None) != "Running":
+        return False
+    spec = pod.spec
+    containers = [*(spec.containers or ()), *(spec.init_containers or ())] if spec else []
+    return any(c.name == ISTIO_PROXY_CONTAINER for c in containers)
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -210,13 +222,17 @@ class KubeApi:
 
     async def list_pods(
         self, namespace: str, match_labels: dict[str, str]
-    ) -> dict[str, dict[str, str]]:
+    ) -> dict[str, SelectedPod]:
         """Live pods the selector matches (terminating ones left out: they are going away and
-        keep what they run), name → labels."""
+        keep what they run), by name."""
         selector = ",".join(f"{k}={v}" for k, v in sorted(match_labels.items()))
         found = await self._call(self._core.list_namespaced_pod, namespace, label_selector=selector)
         return {
-            pod.metadata.name: dict(pod.metadata.labels or {})
+            pod.metadata.name: SelectedPod(
+                labels=dict(pod.metadata.labels or {}),
+                uid=pod.metadata.uid or "",
+                sidecar=_has_sidecar(pod),
+            )
             for pod in found.items
             if pod.metadata.deletion_timestamp is None
         }

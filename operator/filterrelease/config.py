@@ -51,6 +51,12 @@ class Settings(BaseModel):
     prometheus_scrape_seconds: float = Field(default=15.0, gt=0)
     # Per Prometheus query or pod log read during analysis.
     analysis_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Read what each selected proxy runs (its Envoy's ECDS, over pods/portforward) and count a
+    # release, a canary step and a promotion only once they run it (core/confirmation.py).
+    # Off: the written WasmPlugins are trusted, as before (no pods/portforward permission).
+    proxy_confirmation: bool = True
+    proxy_read_concurrency: int = Field(default=8, ge=1, le=256)
+    proxy_read_timeout_seconds: float = Field(default=3.0, gt=0)
 
     # The pod admission webhook that puts new pods of a split release on its stable track
     # (admission.py). Off only where no release is ever split: without it a pod created during

@@ -31,6 +31,7 @@ from filterrelease.hooks import Notifier
 from filterrelease.kube.api import ISTIO_GROUP, ApiClient, KubeApi, KubeError, load_api_client
 from filterrelease.kube.lease import LeaseApi
 from filterrelease.kube.podlogs import PodLogs
+from filterrelease.kube.proxies import ProxyAdmin
 from filterrelease.leadership import Leadership, LeaseLeadership
 from filterrelease.preflight import Preflight
 from filterrelease.providers.dryrun import EnvoyDryRun
@@ -132,6 +133,7 @@ async def start(settings: kopf.OperatorSettings, config: Settings, memo: kopf.Me
         metrics,
         _now,
         measurer=memo.analyzer,
+        proxies=proxy_admin_for(config, api_client),
         notifier=memo.notifier,
         on_split=memo.splits.on_split,  # admission labels new pods before a split acts
     )
@@ -205,6 +207,17 @@ def analyzer_for(config: Settings, api_client: ApiClient) -> Analyzer | None:
         logs.read,
         timeout=timeout,
         scrape_interval=timedelta(seconds=config.prometheus_scrape_seconds),
+    )
+
+
+def proxy_admin_for(config: Settings, api_client: ApiClient) -> ProxyAdmin | None:
+    if not config.proxy_confirmation:
+        log.warning("proxy confirmation is off: releases trust the written WasmPlugins")
+        return None
+    return ProxyAdmin(
+        api_client,
+        concurrency=config.proxy_read_concurrency,
+        timeout=config.proxy_read_timeout_seconds,
     )
 
 

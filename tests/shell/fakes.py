@@ -22,8 +22,8 @@ from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.spec import Module
-from filterrelease.ports import SelectedPod
 from filterrelease.core.tracks import TRACK_PREFIX
+from filterrelease.ports import SelectedPod
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -164,6 +164,7 @@ class Traffic:
                                       list_pods=list_pods(mesh.cluster))  # fmt: skip
         self.lock = threading.Lock()
         self.seen: list[tuple[float, str, int, str]] = []  # (time, pod, status, chain)
+        self.started: list[tuple[float, str, str]] = []  # (when sent, pod, chain)
         self.load = LoadGenerator(
             endpoints, rate=rate, duration=540, concurrency=8, on_response=self._record
         )
@@ -171,7 +172,9 @@ class Traffic:
     def _record(self, response: Response) -> None:
         chain = response.headers.get(CHAIN, "")
         with self.lock:
-            self.seen.append((time.monotonic(), response.endpoint.pod, response.status, chain))
+            now = time.monotonic()
+            self.seen.append((now, response.endpoint.pod, response.status, chain))
+            self.started.append((now - response.latency_s, response.endpoint.pod, chain))
 
     def __enter__(self) -> Traffic:
         self.load.start()

@@ -61,7 +61,15 @@ def test_status_fields_match_the_model() -> None:
 def test_printer_columns_point_at_status_fields() -> None:
     crd = yaml.safe_load(CRD.read_text())
     columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
-    assert [c["name"] for c in columns] == ["Phase", "Stable", "Canary", "Step", "Weight", "Proxies", "Age"]
+    assert [c["name"] for c in columns] == [
+        "Phase",
+        "Stable",
+        "Canary",
+        "Step",
+        "Weight",
+        "Proxies",
+        "Age",
+    ]
     status = schema()["properties"]["status"]["properties"]
     for column in columns[:-1]:
         top = column["jsonPath"].split(".")[2]

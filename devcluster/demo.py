@@ -196,16 +196,31 @@ def release_json(cluster: LocalCluster) -> Any:
 
 
 def wait_ready(cluster: LocalCluster, generation: int) -> None:
+    """Until the release is Ready, printing each step on the way: the write, then the proxies
+    confirming one by one (status.proxies, read from each sidecar's Envoy by the operator)."""
+    t0 = time.monotonic()
+    seen: list[str] = []  # the (reason, proxies) steps printed so far
+
     def ready() -> bool:
         body = release_json(cluster)
-        if not body or body.get("status", {}).get("observedGeneration") != generation:
+        status = (body or {}).get("status", {})
+        if status.get("observedGeneration") != generation:
             return False
-        conds = {c["type"]: c["status"] for c in body["status"].get("conditions", [])}
-        return conds.get("Ready") == "True"
+        conds = {c["type"]: c for c in status.get("conditions", [])}
+        ready_cond = conds.get("Ready", {})
+        proxies = status.get("proxies") or {}
+        key = f"{ready_cond.get('reason', '?')}, proxies {proxies.get('ready', '-')}"
+        if seen[-1:] != [key]:
+            seen.append(key)
+            lagging = proxies.get("lagging") or []
+            who = "; ".join(f"{p['pod']} runs {p['runs']}" for p in lagging[:3])
+            print(f"  +{time.monotonic() - t0:4.1f}s  {key}" + (f" ({who})" if who else ""))
+        return bool(ready_cond.get("status") == "True")
 
-    t0 = time.monotonic()
-    cluster.wait_for(ready, timeout=60, what="the release to be Ready")
-    print(f"  (Ready after {time.monotonic() - t0:.1f}s)")
+    cluster.wait_for(ready, timeout=120, what="the release to be Ready")
+    print(
+        f"  (Ready after {time.monotonic() - t0:.1f}s: every sidecar's Envoy reports the version)"
+    )
 
 
 def run(workdir: Path, keep: bool) -> None:

@@ -34,6 +34,10 @@ _RESTART_BACKOFF_S = 1.0
 _POLL_S = 0.05
 _NOT_READY_WARNING_S = 30.0
 _IDLE_CHECK_S = 0.5  # how often a serving sidecar checks that its Envoy lives
+# A fault for tests: a pod annotated with this many seconds has its agent take that long before
+# each module conversion (a slow registry, a large module on a busy node), so its proxy runs a
+# new version that much later than the others.
+SLOW_LOAD_ANNOTATION = "meshagent.testbed/slow-load-seconds"
 # Envoy stat names (dotted) passed through: Wasm VMs, the RBAC stand-ins, ECDS and LDS updates.
 _ENVOY_STATS_FILTER = urllib.parse.quote(
     "wasm|rbac|extension_config_discovery|listener_manager\\.lds"
@@ -94,6 +98,7 @@ class Sidecar:
         self._ready = False
         self._died_at = 0.0
         self._pod_json = ""
+        self._slow_load_s = 0.0
         self._started_at = 0.0
         self._warned_not_ready = False
         self._thread = threading.Thread(
@@ -136,6 +141,11 @@ class Sidecar:
             for k, v in (pod.get("metadata") or {}).items()
             if k not in ("managedFields", "resourceVersion")
         }
+        slow = (meta.get("annotations") or {}).get(SLOW_LOAD_ANNOTATION, "")
+        try:
+            self._slow_load_s = max(0.0, float(slow)) if slow else 0.0
+        except ValueError:
+            self._slow_load_s = 0.0
         text = json.dumps(
             {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod.get("spec") or {}},
             indent=1,
@@ -204,6 +214,8 @@ class Sidecar:
             name = resource.resource_name
             if self._applied.get(name) == resource:
                 continue
+            if self._slow_load_s and not self._slowed():
+                return  # stopping
             typed = fetch.convert(resource, self.cache)
             self._applied[name] = resource
             if typed != self._ecds.get(name):
@@ -227,6 +239,12 @@ class Sidecar:
             layout.write_atomically(self.dir / "lds.json", json.dumps(lds, indent=1))
             self._lds_names = names
         self._converged = desired
+
+    def _slowed(self) -> bool:
+        """Wait out the pod's slow-load fault; False when the sidecar stops meanwhile."""
+        self.log.info(f"slow load: waiting {self._slow_load_s:g}s before converting", scope="wasm")
+        with self._cond:
+            return not self._cond.wait_for(lambda: self._stopping, timeout=self._slow_load_s)
 
     def _ecds_path(self, name: str) -> Path:
         return self.dir / "ecds" / _file_name(name)

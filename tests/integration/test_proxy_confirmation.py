@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from meshagent.sidecar import SLOW_LOAD_ANNOTATION
 from tests.support.canary import (
     NS,
     PODS,
@@ -161,3 +162,49 @@ def test_a_canary_its_proxies_cannot_load_is_rolled_back_on_their_report(mesh: F
     assert final["stable"]["pluginConfig"] == {"version": "v1"}
     assert 0 < len(watcher.canary_pods) < PODS
     print(f"rolled back on the proxies' report: {aborted}")
+
+
+SLOW_S = 8  # the slow-load fault: each conversion on a pod waits this long
+
+
+@pytest.mark.timeout(600)
+def test_a_step_holds_while_its_proxies_are_slow_to_load_the_canary(mesh: FaultMesh) -> None:
+    install_v1(mesh)
+    url, _ = publish_module(mesh, "security-headers", f"v2-{time.time_ns()}")
+    mesh.modules["v2"] = url
+    annotate = ("annotate", "pods", "-n", NS, "-l", "app=web", "--overwrite")
+    mesh.cluster.kubectl(*annotate, f"{SLOW_LOAD_ANNOTATION}={SLOW_S}")
+    try:
+        faulty_release(
+            mesh, "v2", {"version": "v2"}, steps=[{"setWeight": 50}, {"pause": {"duration": "1s"}}]
+        )
+
+        def holding() -> dict[str, Any] | None:
+            current = status(mesh)
+            proxies = current.get("proxies") or {}
+            rollout = current.get("rollout") or {}
+            waiting = rollout.get("weight") == 50 and proxies.get("pending", 0) > 0
+            return current if waiting else None
+
+        # The canary pods' agents take SLOW_S to load it: the step shows it waiting meanwhile.
+        held = poll(holding, timeout=120, what="the first step holding for slow proxies",
+                    on_timeout=lambda: brief(mesh))  # fmt: skip
+
+        def promoted() -> dict[str, Any] | None:
+            current = status(mesh)
+            top = (current.get("history") or [{}])[0]
+            return current if top.get("outcome") == "Promoted" else None
+
+        final = poll(promoted, timeout=240, what="promoted", on_timeout=lambda: brief(mesh))
+    finally:
+        mesh.cluster.kubectl(*annotate, f"{SLOW_LOAD_ANNOTATION}-")
+    rollout = held["rollout"]
+    assert rollout["step"] == 0, rollout  # the setWeight step did not pass
+    assert not rollout.get("proxiesConfirmed"), rollout
+    assert "holds until the proxies run it" in held["message"], held["message"]
+    assert held["proxies"]["stable"] + held["proxies"]["pending"] == PODS, held["proxies"]
+    assert condition(held, "ProxiesConfirmed")["reason"] == "ProxiesConverging"
+    assert condition(held, "Ready")["status"] == "False"
+    assert final["proxies"]["ready"] == f"{PODS}/{PODS}"
+    assert final["stable"]["pluginConfig"] == {"version": "v2"}
+    print(f"held at step 0: {held['message']}")

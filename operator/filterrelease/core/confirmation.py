@@ -183,9 +183,9 @@ def _who(pods: list[str], checks: dict[str, tuple[Expected, PodCheck]]) -> str:
 
 def next_look(check: ProxyCheck) -> float | None:
     """When to read the proxies again: soon while they converge, seldom once timed out."""
-    if check.confirmed and not check.unreachable:
+    if check.confirmed:  # trusted unreachable proxies are read again at the next resync
         return None
-    return 5.0 if check.timed_out or check.failed or check.confirmed else 0.5
+    return 5.0 if check.timed_out or check.failed else 0.5
 
 
 def with_proxies(

@@ -170,9 +170,11 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
             )
         )
     requeue: float | None = Requeue.UNWIND if actions and after.split else None
-    if not released or check.unreachable:
-        # Not every proxy confirmed: look again (soon while they converge).
-        requeue = min(requeue or Requeue.UNWIND, next_look(check) or Requeue.UNWIND)
+    if not released:
+        # Not every proxy confirmed: look again (soon while they converge, seldom once they
+        # are late); just written, the layout is read back first.
+        look = next_look(check) or Requeue.UNWIND
+        requeue = look if requeue is None else min(requeue, look)
     return Decision(
         state=state,
         trigger=trigger,

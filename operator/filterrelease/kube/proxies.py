@@ -7,8 +7,8 @@ path to the pods.
 
 Cost is bounded: at most `concurrency` port-forwards at once, each with a deadline; a proxy that
 confirmed a version is remembered by (pod uid, plugin, version) and not asked again for it, so a
-resync of a confirmed release reads no proxy. What it remembers is dropped when the pod goes
-(its uid is not listed any more) or asks for another version.
+resync of a confirmed release reads no proxy. A pod asked for another version is read again;
+past REMEMBERED_PROXIES the least recently used entries (pods long gone) are dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import http.client
 import json
 import logging
 import socket
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,6 +39,9 @@ from filterrelease.core.proxies import (
 log = logging.getLogger(__name__)
 
 _MAX_DUMP_BYTES = 8 << 20  # a sidecar's ECDS dump is a few KiB per filter
+# Confirmed proxies remembered (a few hundred bytes each): enough for every pod of a large
+# cluster's selected workloads; beyond it the least recently confirmed is read again once.
+REMEMBERED_PROXIES = 50_000
 
 
 class ProxyAdmin:
@@ -47,8 +51,9 @@ class ProxyAdmin:
         self._configuration = api_client.configuration
         self._timeout = timeout
         self._slots = asyncio.Semaphore(concurrency)
-        # (namespace, pod uid) → (plugin, config hash, the reading that confirmed it)
-        self._confirmed: dict[tuple[str, str], tuple[str, str, ProxyReading]] = {}
+        # (namespace, pod uid) → (plugin, config hash, the reading that confirmed it), least
+        # recently used first: bounded, so pods that are gone age out.
+        self._confirmed: OrderedDict[tuple[str, str], tuple[str, str, ProxyReading]] = OrderedDict()
         self.reads = 0  # port-forwards opened, for the benchmark and tests
 
     async def read(
@@ -60,6 +65,7 @@ class ProxyAdmin:
         for pod, (uid, want) in wants.items():
             known = self._confirmed.get((namespace, uid))
             if known is not None and known[:2] == (want.plugin, want.config_hash):
+                self._confirmed.move_to_end((namespace, uid))
                 out[pod] = known[2]
             else:
                 ask.append((pod, uid, want))
@@ -68,12 +74,10 @@ class ProxyAdmin:
             out[pod] = reading
             if check_pod(want, reading).verdict is Verdict.CONFIRMED:
                 self._confirmed[(namespace, uid)] = (want.plugin, want.config_hash, reading)
+                self._confirmed.move_to_end((namespace, uid))
+                while len(self._confirmed) > REMEMBERED_PROXIES:
+                    self._confirmed.popitem(last=False)
         return out
-
-    def forget_pods(self, namespace: str, live_uids: set[str]) -> None:
-        """Drop what is remembered of the namespace's pods that are gone."""
-        for key in [k for k in self._confirmed if k[0] == namespace and k[1] not in live_uids]:
-            del self._confirmed[key]
 
     async def _read_one(self, namespace: str, pod: str) -> ProxyReading:
         async with self._slots:

@@ -114,6 +114,7 @@ bench: deps testbed filters
 	PYTHONPATH=testbed $(RUN) python bench/mesh_scale.py
 	PYTHONPATH=testbed:. $(RUN) python bench/canary_rollback.py $(CANARY_BENCH_ARGS)
 	PYTHONPATH=testbed:. $(RUN) python bench/failover.py
+	PYTHONPATH=testbed:. $(RUN) python bench/proxy_confirmation.py
 
 # Publish a filter build the way Istio can fetch it, without docker:
 #   make publish FILTER=security-headers REGISTRY=127.0.0.1:5000 TAG=v1.1.0 [LAYOUT=oci-wasm]

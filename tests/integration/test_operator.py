@@ -256,5 +256,7 @@ def test_kubectl_explain_and_printer_columns(
     apply_json(istio_cluster, example(namespace, registry=published.registry))
     wait_ready(istio_cluster, namespace, "security-headers")
     table = istio_cluster.kubectl("get", "frel", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "STABLE", "CANARY", "STEP", "WEIGHT", "AGE"]
+    assert table[0].split() == [
+        "NAME", "PHASE", "STABLE", "CANARY", "STEP", "WEIGHT", "PROXIES", "AGE"
+    ]  # fmt: skip
     assert table[1].split()[:3] == ["security-headers", "Healthy", "v1.1.0"]

@@ -80,8 +80,13 @@ def test_a_first_release_is_ready_only_once_every_sidecar_runs_it(mesh: FaultMes
         at_ready = poll(ready, timeout=120, interval=0.05, what="Ready",
                         on_timeout=lambda: brief(mesh))  # fmt: skip
         seen_ready = time.monotonic()
-        poll(lambda: len({s[1] for s in traffic.since(seen_ready)}) == PODS or None,
-             timeout=30, what="a response from every sidecar after Ready")  # fmt: skip
+
+        def answered_enough() -> bool:
+            recent = [s[1] for s in traffic.since(seen_ready)]
+            return all(recent.count(pod) >= 20 for pod in set(recent)) and len(set(recent)) == PODS
+
+        poll(lambda: answered_enough() or None, timeout=60,
+             what="20 responses from every sidecar after Ready")  # fmt: skip
         with traffic.lock:
             started = list(traffic.started)
     proxies = at_ready["proxies"]

@@ -131,7 +131,10 @@ def run_once(
         if status.get("observedGeneration") == generation and ready_cond.get("status") == "True":
             ready = time.monotonic()
             if waiting:  # Ready before a sidecar served it: the confirmation would be wrong
-                raise AssertionError(f"Ready while {sorted(waiting)} did not serve {version}")
+                raise AssertionError(
+                    f"Ready while {sorted(waiting)} did not serve {version}: "
+                    f"{json.dumps({k: status.get(k) for k in ('proxies', 'conditions')})}"
+                )
     if not ready:
         raise TimeoutError(f"{version}: not Ready in 120 s")
     return {

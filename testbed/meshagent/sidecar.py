@@ -44,10 +44,28 @@ _ENVOY_STATS_FILTER = urllib.parse.quote(
 )
 
 
+# The ports handed to this agent's sidecars and not yet given back: the kernel may offer a port
+# again as soon as its probe socket closes, and two sidecars binding the same fixed port (the
+# admin port is fixed for a sidecar's life) would leave one restarting forever.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((envoyconfig.LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port no other sidecar of this agent holds."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((envoyconfig.LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        with _HANDED_OUT_LOCK:
+            if port not in _HANDED_OUT:
+                _HANDED_OUT.add(port)
+                return port
+
+
+def give_back(*ports: int) -> None:
+    with _HANDED_OUT_LOCK:
+        _HANDED_OUT.difference_update(ports)
 
 
 def _file_name(resource_name: str) -> str:
@@ -200,6 +218,7 @@ class Sidecar:
             raise
         finally:
             self._stop_envoy()
+            give_back(self.port, self.admin_port)
 
     def _has_work(self) -> bool:
         return self._stopping or (self._desired is not None and self._desired != self._converged)

@@ -162,6 +162,9 @@ def test_each_pod_verdict() -> None:
     assert check_pod(want, nothing, known).verdict is Verdict.PENDING
     unreadable = ProxyReading(error="port-forward refused (403)")
     assert check_pod(want, unreadable, known).verdict is Verdict.UNREACHABLE
+    # A proxy too busy to answer in time (compiling the new module) is waited for, not trusted.
+    busy = ProxyReading(error="admin did not answer within 3s", busy=True)
+    assert check_pod(want, busy, known).verdict is Verdict.PENDING
 
 
 def observation(

@@ -71,6 +71,9 @@ class ProxyReading(_Model):
 
     filters: dict[str, LoadedFilter] | None = None
     error: str | None = None
+    # The admin did not answer in time: a busy proxy (Envoy's main thread compiles a new module
+    # and serves its admin), not one that cannot be read: it is waited for, never trusted.
+    busy: bool = False
 
 
 class Expected(_Model):
@@ -221,7 +224,8 @@ def check_pod(
     """Whether one proxy runs what it should. `known`: the release's versions in play (stable,
     canary) by checksum, so a proxy still on the other one reads as pending, not unknown."""
     if reading.filters is None:
-        return PodCheck(verdict=Verdict.UNREACHABLE, runs=reading.error or "admin not readable")
+        verdict = Verdict.PENDING if reading.busy else Verdict.UNREACHABLE
+        return PodCheck(verdict=verdict, runs=reading.error or "admin not readable")
     names = {c: k.version for c, k in known.items()}
     mine = reading.filters.get(want.plugin)
     theirs = reading.filters.get(want.other)

@@ -17,9 +17,9 @@ import asyncio
 import http.client
 import json
 import logging
-import socket
 from collections import OrderedDict
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client
@@ -51,6 +51,9 @@ class ProxyAdmin:
         self._configuration = api_client.configuration
         self._timeout = timeout
         self._slots = asyncio.Semaphore(concurrency)
+        # Its own threads: reads of slow proxies never hold up the API calls of reconciles,
+        # which share the event loop's default executor.
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="proxy-admin")
         # (namespace, pod uid) → (plugin, config hash, the reading that confirmed it), least
         # recently used first: bounded, so pods that are gone age out.
         self._confirmed: OrderedDict[tuple[str, str], tuple[str, str, ProxyReading]] = OrderedDict()
@@ -82,12 +85,15 @@ class ProxyAdmin:
     async def _read_one(self, namespace: str, pod: str) -> ProxyReading:
         async with self._slots:
             self.reads += 1
+            loop = asyncio.get_running_loop()
             try:
                 raw = await asyncio.wait_for(
-                    asyncio.to_thread(self._get, namespace, pod), self._timeout + 1
+                    loop.run_in_executor(self._threads, self._get, namespace, pod),
+                    self._timeout + 1,
                 )
             except TimeoutError:
-                return ProxyReading(error=f"admin did not answer within {self._timeout:g}s")
+                late = f"admin did not answer within {self._timeout:g}s"
+                return ProxyReading(error=late, busy=True)
             except (ApiException, OSError, http.client.HTTPException) as exc:
                 return ProxyReading(error=_why(exc))
         status, body = raw
@@ -140,6 +146,4 @@ def _why(exc: Exception) -> str:
         if "404" in reason:
             return "pod not found"
         return f"port-forward failed: {reason[:200]}"
-    if isinstance(exc, socket.timeout):
-        return "admin did not answer in time"
     return f"admin not readable: {type(exc).__name__}: {str(exc)[:200]}"

@@ -146,6 +146,7 @@ class Reconciler:
         decision = await self._execute(body, obs, decision)
         self._metrics.reconciles.labels(namespace, name, decision.trigger.value).inc()
         self._metrics.set_phase(namespace, name, decision.phase)
+        self._metrics.set_proxies(namespace, name, decision.status.proxies)
         self._count_rollout(namespace, name, obs, decision)
         return decision
 

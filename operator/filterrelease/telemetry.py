@@ -5,6 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from filterrelease.core.rollout_state import Phase
+from filterrelease.core.status import ProxiesStatus
+
+# status.proxies' counts, one series each.
+PROXY_STATES = ("stable", "canary", "pending", "fallback", "unknown", "unreachable")
 
 
 class Metrics:
@@ -62,6 +66,14 @@ class Metrics:
             ["namespace", "name"],
             registry=self.registry,
         )
+        self.proxies = Gauge(
+            "filterrelease_proxies",
+            "Selected proxies of each release by what their Envoy was last seen running "
+            "(status.proxies): confirmed stable or canary, pending, fallback, unknown, "
+            "unreachable.",
+            ["namespace", "name", "state"],
+            registry=self.registry,
+        )
         self.rollout_step = Gauge(
             "filterrelease_rollout_step",
             "Index (1-based) of the canary step each release runs; 0 when none runs.",
@@ -101,7 +113,7 @@ class Metrics:
         if not leading:
             # Per-release gauges come from the leader only: a replica that stopped leading
             # must not go on reporting phases it no longer updates (dashboards sum replicas).
-            for gauge in (self.phase, self.canary_weight, self.rollout_step):
+            for gauge in (self.phase, self.canary_weight, self.rollout_step, self.proxies):
                 gauge.clear()
 
     def set_rollout(
@@ -109,6 +121,12 @@ class Metrics:
     ) -> None:
         self.canary_weight.labels(namespace, name).set(weight or 0)
         self.rollout_step.labels(namespace, name).set(step or 0)
+
+    def set_proxies(self, namespace: str, name: str, proxies: ProxiesStatus | None) -> None:
+        if proxies is None:
+            return
+        for state in PROXY_STATES:
+            self.proxies.labels(namespace, name, state).set(getattr(proxies, state))
 
     def set_phase(self, namespace: str, name: str, phase: Phase) -> None:
         for p in Phase:
@@ -125,6 +143,13 @@ class Metrics:
         }
         for trigger in triggers:
             self.reconciles.remove(namespace, name, trigger)
+        for state in PROXY_STATES:
+            if (namespace, name, state) in {
+                (s.labels.get("namespace"), s.labels.get("name"), s.labels.get("state"))
+                for family in self.proxies.collect()
+                for s in family.samples
+            }:
+                self.proxies.remove(namespace, name, state)
         for gauge in (self.canary_weight, self.rollout_step):
             if (namespace, name) in {
                 (s.labels.get("namespace"), s.labels.get("name"))

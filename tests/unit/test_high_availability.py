@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from filterrelease.admission import confirmed_splits, server_names, webhook_configuration
 from filterrelease.admission_tls import RENEW_BEFORE, ServingCertificate, issue
 from filterrelease.config import Settings
+from filterrelease.core.status import ProxiesStatus
 from filterrelease.core.tracks import track_label
 from filterrelease.health import HealthServer
 from filterrelease.kube.api import KubeApi, KubeError, NotLeaderError
@@ -257,10 +258,22 @@ def test_a_replica_that_stops_leading_drops_its_per_release_series() -> None:
     metrics.set_build("0.1.0", "3.11.2", "1.45.2")
     metrics.set_leading(True)
     metrics.set_rollout("shop", "headers", weight=25, step=1)
+    proxies = ProxiesStatus(ready="3/4", total=4, confirmed=3, stable=3, pending=1)
+    metrics.set_proxies("shop", "headers", proxies)
+    leading = {
+        s.labels["state"]: s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "filterrelease_proxies"
+    }
+    assert leading == {
+        "stable": 3, "canary": 0, "pending": 1, "fallback": 0, "unknown": 0, "unreachable": 0
+    }  # fmt: skip
     metrics.set_leading(False)
     exposed = {s.name: s for family in metrics.registry.collect() for s in family.samples}
     assert exposed["filterrelease_leader"].value == 0
     assert "filterrelease_canary_weight_percent" not in exposed
+    assert "filterrelease_proxies" not in exposed
     info = exposed["filterrelease_build_info"]
     assert info.labels == {"version": "0.1.0", "python": "3.11.2", "kopf": "1.45.2"}
 

@@ -200,9 +200,12 @@ class Reconciler:
                 status.module,
             )
             confirm = self._proxies is not None and not _confirmed(spec, status, module, release)
-            if spec.selector is not None and (confirm or _pods_matter(spec, status, release, live)):
+            split = _pods_matter(spec, status, release, live)
+            if spec.selector is not None and (confirm or split):
                 selected = await self._kube.list_pods(release.namespace, spec.selector.match_labels)
-                pods = {name: pod.labels for name, pod in selected.items()}
+                # Listed only to ask their proxies: the layout (and status.stablePods) leaves
+                # them out, as for any release that never splits.
+                pods = {name: pod.labels for name, pod in selected.items()} if split else {}
                 if self._proxies is not None:
                     sidecars = {name: pod.uid for name, pod in selected.items() if pod.sidecar}
         return Observation(

@@ -21,6 +21,7 @@ from filterrelease.core.analysis import AnalysisTarget, MeasurementPhase, Metric
 from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.hooks import GateResult, HookType, Subject, Webhook
 from filterrelease.core.module import ModuleFailure, VerifiedModule
+from filterrelease.core.proxies import Expected, FilterKind, LoadedFilter, ProxyReading
 from filterrelease.core.spec import Module
 from filterrelease.core.tracks import TRACK_PREFIX
 from filterrelease.ports import SelectedPod
@@ -83,6 +84,7 @@ class FakeCluster:
     templates: dict[Key, dict[str, Any]] = field(default_factory=dict)
     events: list[RecordedEvent] = field(default_factory=list)
     writes: int = 0  # WasmPlugin, pod and release writes; Events are counted apart
+    sidecars: bool = False  # every pod has a proxy to confirm (FakeProxies reads them)
     # The operator dies at this write attempt (Events included), before it takes effect: the
     # countdown is set by a test and reaches zero once.
     crash_in: int | None = None
@@ -156,7 +158,7 @@ class FakeCluster:
         self, namespace: str, match_labels: dict[str, str]
     ) -> dict[str, SelectedPod]:
         return {
-            pod: SelectedPod(labels=dict(labels), uid=f"uid-{pod}")
+            pod: SelectedPod(labels=dict(labels), uid=f"uid-{pod}", sidecar=self.sidecars)
             for (ns, pod), labels in self.pods.items()
             if ns == namespace and all(labels.get(k) == v for k, v in match_labels.items())
         }
@@ -301,3 +303,48 @@ async def no_gates(
     webhooks: Iterable[Webhook], hook_type: HookType, subject: Subject
 ) -> GateResult:
     raise AssertionError("these releases have no gate webhooks: nothing may ask one")
+
+
+class FakeProxies:
+    """Each pod's proxy as istiod and istio-agent would set it up from the cluster's
+    WasmPlugins: it runs the plugins that select its pod, except that a pod in `slow` keeps
+    what it ran before, and a pod in `denied` runs the deny-all fallback for its plugins."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self.cluster = cluster
+        self.slow: set[str] = set()
+        self.denied: set[str] = set()
+        self.running: dict[str, dict[str, LoadedFilter]] = {}
+        self.reads = 0
+
+    def _now_runs(self, namespace: str, pod: str) -> dict[str, LoadedFilter]:
+        labels = self.cluster.pods[(namespace, pod)]
+        found: dict[str, LoadedFilter] = {}
+        for (ns, name), plugin in self.cluster.plugins.items():
+            spec = plugin["spec"]
+            match = spec["selector"]["matchLabels"]
+            if ns != namespace or any(labels.get(k) != v for k, v in match.items()):
+                continue
+            if pod in self.denied:
+                found[name] = LoadedFilter(plugin=name, kind=FilterKind.DENY_ALL)
+                continue
+            url = spec["url"]
+            checksum = url.rsplit("@sha256:", 1)[1] if "@sha256:" in url else spec.get("sha256")
+            found[name] = LoadedFilter(
+                plugin=name,
+                kind=FilterKind.WASM,
+                checksum=checksum,
+                configuration=spec.get("pluginConfig"),
+            )
+        return found
+
+    async def read(
+        self, namespace: str, wants: Mapping[str, tuple[str, Expected]]
+    ) -> dict[str, ProxyReading]:
+        out = {}
+        for pod in wants:
+            self.reads += 1
+            if pod not in self.slow:
+                self.running[pod] = self._now_runs(namespace, pod)
+            out[pod] = ProxyReading(filters=dict(self.running.get(pod, {})))
+        return out

@@ -10,7 +10,15 @@ from filterrelease.core.decision import Decision
 from filterrelease.core.rollout_state import Phase
 from filterrelease.reconcile import Reconciler
 from filterrelease.telemetry import Metrics
-from tests.shell.fakes import Clock, Crash, FakeCluster, FakeMeasurer, FakeVerifier, no_gates
+from tests.shell.fakes import (
+    Clock,
+    Crash,
+    FakeCluster,
+    FakeMeasurer,
+    FakeProxies,
+    FakeVerifier,
+    no_gates,
+)
 
 NS = "shop"
 NAME = "headers"
@@ -43,12 +51,15 @@ def release(tag: str) -> dict[str, Any]:
 class Shell:
     """A fake cluster with one release's pods, and the Reconciler that runs it."""
 
-    def __init__(self) -> None:
-        self.cluster = FakeCluster()
+    def __init__(self, *, proxies: bool = False) -> None:
+        """proxies: every pod has a proxy the operator reads (FakeProxies) before it counts a
+        version as running there."""
+        self.cluster = FakeCluster(sidecars=proxies)
         for i in range(PODS):
             self.cluster.pods[(NS, f"web-{i}")] = {"app": "web"}
         self.clock = Clock()
         self.measurer = FakeMeasurer()
+        self.proxies = FakeProxies(self.cluster) if proxies else None
         self.reconciler = self.restart()
 
     def restart(self) -> Reconciler:
@@ -59,6 +70,7 @@ class Shell:
             Metrics(),
             self.clock,
             measurer=self.measurer,
+            proxies=self.proxies,
             ask_gate=no_gates,
         )
         return self.reconciler

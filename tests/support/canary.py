@@ -202,6 +202,20 @@ def events(mesh: Mesh, reason: str) -> list[str]:
     return [line for line in out.stdout.splitlines() if line]
 
 
+def explain(mesh: Mesh, samples: list[tuple[float, str, int, str]]) -> str:
+    """For a failed one-version check: the offending responses, and for each pod that served one
+    its labels now and its agent's last lines (when its sidecar started, which filters it got)."""
+    lines = [f"{len(samples)} responses: {samples[:10]}"]
+    for pod in sorted({s[1] for s in samples}):
+        labels = mesh.cluster.kubectl(
+            "get", "pod", pod, "-n", NS, "-o", "jsonpath={.metadata.labels}", check=False
+        ).stdout
+        log = mesh.cluster.mesh.agent_dir / NS / pod / "agent.log"
+        tail = log.read_text().splitlines()[-25:] if log.exists() else ["(no agent.log)"]
+        lines += [f"--- {pod} labels {labels}", *tail]
+    return "\n".join(lines)
+
+
 def versions_of(chain: str) -> list[str]:
     return [v.strip() for v in chain.split(",") if v.strip()]
 

@@ -381,9 +381,9 @@ def test_manual_requests_pause_resume_promote_full_abort_and_retry() -> None:
     world.request = "promote"
     world.tick()
     assert world.request is None  # consumed
-    for _ in range(3):
-        world.tick()
+    world.tick()
     assert world.status.current_step == "3/3" or world.status.phase == Phase.HEALTHY
+    run_until(world, Phase.HEALTHY)  # the last step passes and v2 is promoted
     world.release("v3", steps=[{"setWeight": 25}, {"pause": {}}])
     world.tick()
     world.request = "abort"

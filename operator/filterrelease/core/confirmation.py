@@ -70,30 +70,55 @@ def _versions(ctx: Context) -> dict[str, ModuleVersion]:
 
 
 def target_key(ctx: Context) -> str:
-    """Names the layout the proxies should confirm: which version on each track, and how
-    many pods on the canary one. A new key starts a new wait."""
-    t = ctx.target
-    return f"{t.stable[:12]}/{(t.canary or '')[:12]}/{t.canary_pods if t.canary else 0}"
+    """Names the live layout the proxies should run: the content on each plugin, and how many
+    pods are on the canary one. A new key starts a new wait. Once the layout converged it is
+    the target's."""
+    layout = ctx.layout
+    stable = layout.stable.content if layout.stable else ""
+    canary = layout.canary.content if layout.canary else ""
+    on_canary = sum(1 for v in layout.pods.values() if v == CANARY) if layout.canary else 0
+    return f"{stable[:12]}/{canary[:12]}/{on_canary}"
 
 
 def proxy_needs(obs: Observation, ctx: Context | None) -> dict[str, Expected]:
-    """Each selected proxy → what it should run, when the layout is where it should be (before
-    that the proxies are bound to lag: nothing to ask)."""
-    if ctx is None or not ctx.converged or not obs.sidecars:
+    """Each selected proxy → what it should run now: the version of the live plugin that
+    selects its pod (as istiod computes it from the live WasmPlugins and track labels). A pod
+    no plugin or two select, or whose plugin carries a version not in play, is left out."""
+    if ctx is None or not obs.sidecars:
         return {}
     versions = _versions(ctx)
-    stable = versions.get(ctx.target.stable)
-    canary = versions.get(ctx.target.canary) if ctx.target.canary else None
-    if stable is None:
-        return {}
+    layout = ctx.layout
     stable_name, canary_name = stable_plugin_name(obs.release), canary_plugin_name(obs.release)
     wants: dict[str, Expected] = {}
     for pod in sorted(obs.sidecars):
-        if ctx.layout.pods.get(pod) == CANARY and canary is not None:
-            wants[pod] = expected(canary_name, stable_name, CANARY, canary)
-        else:
-            wants[pod] = expected(stable_name, canary_name, STABLE, stable)
+        track = layout.pods.get(pod)
+        plugins = [
+            (name, role, state)
+            for name, role, state in (
+                (stable_name, STABLE, layout.stable),
+                (canary_name, CANARY, layout.canary),
+            )
+            if state is not None
+            and (track == CANARY if role == CANARY else not state.narrowed or track == STABLE)
+        ]
+        if len(plugins) != 1:
+            continue
+        name, role, state = plugins[0]
+        version = versions.get(state.content)
+        if version is None:
+            continue
+        other = canary_name if name == stable_name else stable_name
+        wants[pod] = expected(name, other, role, version)
     return wants
+
+
+def layout_held(check: ProxyCheck) -> bool:
+    """Whether the next layout change waits: some proxy still runs what it ran before the last
+    one (a change seen out of order by the control plane could leave it with no filter or
+    two). Proxies that failed or cannot be read do not hold it, nor does a wait past the
+    timeout."""
+    status = check.status
+    return status is not None and status.pending > 0 and not check.timed_out
 
 
 def check_proxies(obs: Observation, ctx: Context | None) -> ProxyCheck:

@@ -15,7 +15,7 @@ from filterrelease.core.actions import (
     LabelPod,
     MarkSplit,
 )
-from filterrelease.core.layout import Layout, StepKind, Target, apply, plan
+from filterrelease.core.layout import Layout, Step, StepKind, Target, apply, plan
 from filterrelease.core.observation import Observation
 from filterrelease.core.render import canary_plugin_name, render_plugin
 from filterrelease.core.rollout_state import (
@@ -119,13 +119,36 @@ def shown(version: ModuleVersion) -> str:
     return f"{version.version} (config {version.config_hash[:8]})"
 
 
+def _stream(step: Step) -> str | None:
+    """Which watch a proxy's control plane learns of a step through: pod labels and WasmPlugins
+    come through separate watches (istiod's informers, here the mesh agent's), which keep the
+    order of changes within one kind only."""
+    if step.kind is StepKind.LABEL:
+        return "pods"
+    if step.kind is StepKind.MARK_SPLIT:
+        return None  # the operator's own admission webhook and status: no proxy sees it
+    return "plugins"
+
+
 def to_actions(
     obs: Observation, layout: Layout, target: Target, versions: dict[str, ModuleVersion]
 ) -> tuple[list[Action], Layout]:
-    """The layout planner's steps as actions on the cluster, and the layout they lead to."""
+    """The layout planner's next steps as actions on the cluster, and the layout they lead to.
+
+    Only steps of one kind go out together: the planner's order (each step safe on its own) is
+    kept by whoever watches one kind of object, not across kinds, so a label change and a
+    plugin change made together could be seen the other way round (a pod unlabelled before its
+    plugin widens runs without the filter). The rest waits for a later decision, which goes on
+    once the proxies run the layout so far (core/confirmation.py layout_held)."""
     actions: list[Action] = []
     key = track_label(obs.release.name)
+    batch: str | None = None
     for step in plan(layout, target):
+        stream = _stream(step)
+        if stream is not None:
+            if batch is not None and stream != batch:
+                break
+            batch = stream
         match step.kind:
             case StepKind.MARK_SPLIT:
                 actions.append(MarkSplit(split=step.split))

@@ -18,7 +18,13 @@ from pydantic import BaseModel
 
 from filterrelease.core import canary as steps
 from filterrelease.core.actions import Action, ApplyWasmPlugin, ConsumeRequest, EmitEvent
-from filterrelease.core.confirmation import ProxyCheck, check_proxies, next_look, with_proxies
+from filterrelease.core.confirmation import (
+    ProxyCheck,
+    check_proxies,
+    layout_held,
+    next_look,
+    with_proxies,
+)
 from filterrelease.core.decision import (
     Decision,
     event_actions,
@@ -90,7 +96,18 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
     return _rollout(obs, ctx, check)
 
 
-def _direct_trigger(obs: Observation, actions: list[Action], check: ProxyCheck) -> Trigger:
+def _held(ctx: Context, actions: list[Action], check: ProxyCheck) -> bool:
+    """The next layout change waits for the proxies to run the last one (while pods are split
+    or being unwound: the only time one change depends on another being seen first)."""
+    moving = ctx.layout.canary is not None or ctx.layout.split
+    return bool(actions) and moving and layout_held(check)
+
+
+def _direct_trigger(
+    obs: Observation, actions: list[Action], check: ProxyCheck, *, held: bool
+) -> Trigger:
+    if held:
+        return Trigger.CONVERGING
     if actions:
         # Written now: with proxies to ask, it is released once they confirm it.
         return Trigger.CONVERGING if obs.sidecars else Trigger.WRITE
@@ -104,9 +121,12 @@ def _direct_trigger(obs: Observation, actions: list[Action], check: ProxyCheck) 
 def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
     desired = ctx.desired
     actions, after = to_actions(obs, ctx.layout, ctx.target, {desired.config_hash: desired})
+    held = _held(ctx, actions, check)
+    if held:
+        actions, after = [], ctx.layout
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
-    trigger = _direct_trigger(obs, actions, check)
+    trigger = _direct_trigger(obs, actions, check, held=held)
     state = state_after(obs, trigger, obs.status.rollout)
     released = trigger in (Trigger.WRITE, Trigger.IN_SYNC)
     message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
@@ -169,7 +189,9 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
                 message=f"request {obs.request!r} ignored: no canary rollout is in progress",
             )
         )
-    requeue: float | None = Requeue.UNWIND if actions and after.split else None
+    # Unwinding a split takes more than one decision (a batch of one kind of change at a time,
+    # and widening waits for the canary plugin's deletion to be observed): come back soon.
+    requeue: float | None = Requeue.UNWIND if actions and plan(after, ctx.target) else None
     if not released:
         # Not every proxy confirmed: look again (soon while they converge, seldom once they
         # are late); just written, the layout is read back first.
@@ -180,8 +202,6 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
         trigger=trigger,
         status=status,
         actions=(*actions, *events),
-        # Unwinding a split takes more than one decision (widening waits for the canary
-        # plugin's deletion to be observed): come back soon.
         requeue_after=requeue,
     )
 
@@ -408,6 +428,9 @@ def _rollout(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
     versions = {stable.config_hash: stable, desired.config_hash: desired}
     layout_actions, after = to_actions(obs, ctx.layout, target, versions)
     converged = not layout_actions
+    held = _held(ctx, layout_actions, check)
+    if held:
+        layout_actions, after = [], ctx.layout
     if rollout.aborted:
         summary = _rolled_back(obs, rollout, stable, desired, converged)
     elif rollout.promoting:
@@ -418,6 +441,9 @@ def _rollout(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
             waiting = check.timed_out or check.failed or check.waiting
             summary.message += f"; holds until the proxies run it: {waiting}"
         summary.requeue = Requeue.NEXT_MOVE if layout_actions else requeue
+    if held:
+        # Look again soon: the proxies are about to run the last change.
+        summary.requeue = min(summary.requeue or Requeue.UNWIND, Requeue.UNWIND)
     state = state_after(obs, summary.trigger, rollout)
     status = _rollout_status(
         obs, ctx, rollout, summary, state=state, layout_actions=layout_actions, after=after

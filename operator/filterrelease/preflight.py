@@ -22,6 +22,7 @@ from filterrelease.core.module import (
     check_digest,
     check_wasm,
     choose_layer,
+    dry_run_key,
     extract_plugin,
     parse_oci,
     reusable_resolution,
@@ -68,6 +69,9 @@ class Preflight:
         self._modules: OrderedDict[str, bytes] = OrderedDict()
         # (sha256, pluginConfig as passed) -> the dry run's verdict (None: it ran fine)
         self._dry_runs: dict[tuple[str, str], ModuleProblem | None] = {}
+        # The dry runs under way: a release asking for the same one waits for it (a restart
+        # reconciles every release at once, and many share a module and config).
+        self._running: dict[tuple[str, str], asyncio.Task[ModuleProblem | None]] = {}
 
     async def verify(
         self,
@@ -86,8 +90,10 @@ class Preflight:
             else:
                 verified = await self._verify_http(module, generation, reuse)
             if self._dry_run is not None:
-                await self._dry_run_check(namespace, module, verified, plugin_config)
-                verified = verified.model_copy(update={"dry_run": True})
+                key = await self._dry_run_check(
+                    namespace, module, verified, plugin_config, previous
+                )
+                verified = verified.model_copy(update={"dry_run": True, "dry_run_config": key})
         except ModuleProblem as problem:
             self._metrics.preflights.labels(problem.reason.value).inc()
             return ModuleFailure(reason=problem.reason, message=problem.message)
@@ -175,32 +181,55 @@ class Preflight:
         module: Module,
         verified: VerifiedModule,
         plugin_config: dict[str, Any] | None,
-    ) -> None:
-        assert self._dry_run is not None
+        previous: VerifiedModule | None = None,
+    ) -> str:
+        """Raise the dry run's problem, if any; the key of the config it passed with."""
         # Istio hands pluginConfig to the plugin as JSON text; no config is an empty string.
         configuration = "" if plugin_config is None else json.dumps(plugin_config)
         key = (verified.sha256, configuration)
+        config_key = dry_run_key(configuration)
+        if (
+            key not in self._dry_runs
+            and previous is not None
+            and previous.dry_run
+            and previous.sha256 == verified.sha256
+            and previous.dry_run_config == config_key
+        ):
+            # The status says this module already ran with this config (before a restart).
+            self._dry_runs[key] = None
         if key not in self._dry_runs:
-            data = self._modules.get(verified.sha256)
-            if data is None:  # evicted: fetch and verify it again, keeping its bytes
-                self._verified.pop(verified.sha256, None)
-                pinned = module.model_copy(update={"url": verified.url})
-                if module.is_oci:
-                    await self._verify_oci(namespace, pinned, verified.generation or 0, None)
-                else:
-                    await self._verify_http(module, verified.generation or 0, None)
-                data = self._modules[verified.sha256]
-            self._metrics.dry_runs.inc()
-            try:
-                await asyncio.to_thread(
-                    self._dry_run.check, data, module.plugin_name, configuration
+            running = self._running.get(key)
+            if running is None:
+                running = asyncio.ensure_future(
+                    self._run_dry_run(namespace, module, verified, configuration)
                 )
-                self._dry_runs[key] = None
-            except ModuleProblem as problem:
-                self._dry_runs[key] = problem
+                self._running[key] = running
+                running.add_done_callback(lambda _: self._running.pop(key, None))
+            self._dry_runs[key] = await asyncio.shield(running)
         verdict = self._dry_runs[key]
         if verdict is not None:
             raise verdict
+        return config_key
+
+    async def _run_dry_run(
+        self, namespace: str, module: Module, verified: VerifiedModule, configuration: str
+    ) -> ModuleProblem | None:
+        assert self._dry_run is not None
+        data = self._modules.get(verified.sha256)
+        if data is None:  # evicted: fetch and verify it again, keeping its bytes
+            self._verified.pop(verified.sha256, None)
+            pinned = module.model_copy(update={"url": verified.url})
+            if module.is_oci:
+                await self._verify_oci(namespace, pinned, verified.generation or 0, None)
+            else:
+                await self._verify_http(module, verified.generation or 0, None)
+            data = self._modules[verified.sha256]
+        self._metrics.dry_runs.inc()
+        try:
+            await asyncio.to_thread(self._dry_run.check, data, module.plugin_name, configuration)
+        except ModuleProblem as problem:
+            return problem
+        return None
 
     async def _credentials(
         self, namespace: str, module: Module, registry: str

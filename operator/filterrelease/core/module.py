@@ -236,6 +236,9 @@ class VerifiedModule(BaseModel):
     pull_secret: str | None = None
     generation: int | None = None  # the release generation it was resolved for
     dry_run: bool = False  # loaded in a real Envoy with the release's pluginConfig
+    # Which pluginConfig that was (dry_run_key): a restarted operator takes the verdict from the
+    # status rather than run the same dry run again.
+    dry_run_config: str | None = None
 
 
 class ModuleFailure(BaseModel):
@@ -266,3 +269,8 @@ def reusable_resolution(
     if module.image_pull_policy == "Always" and previous.generation != generation:
         return None
     return previous
+
+
+def dry_run_key(configuration: str) -> str:
+    """Names the pluginConfig (as the JSON text Istio hands the plugin) a dry run passed with."""
+    return hashlib.sha256(configuration.encode()).hexdigest()[:16]

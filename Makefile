@@ -115,6 +115,7 @@ bench: deps testbed filters
 	PYTHONPATH=testbed:. $(RUN) python bench/canary_rollback.py $(CANARY_BENCH_ARGS)
 	PYTHONPATH=testbed:. $(RUN) python bench/failover.py
 	PYTHONPATH=testbed:. $(RUN) python bench/proxy_confirmation.py
+	PYTHONPATH=testbed:. $(RUN) python bench/restart_dry_runs.py
 
 # Publish a filter build the way Istio can fetch it, without docker:
 #   make publish FILTER=security-headers REGISTRY=127.0.0.1:5000 TAG=v1.1.0 [LAYOUT=oci-wasm]

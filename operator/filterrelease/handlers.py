@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -331,18 +331,26 @@ async def resync_forever(
         await resync_once(reconciler, kube, settings, requeues)
 
 
-async def resync_once(
-    reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
-) -> None:
-    """Reconcile every release once (the leader only; a follower has nothing to do)."""
+async def _releases_by_namespace(
+    kube: KubeApi, settings: Settings, requeues: Requeues, why: str
+) -> AsyncIterator[tuple[str | None, list[dict[str, Any]]]]:
+    """Each watched namespace (None: all) with its releases, while this replica leads."""
     for namespace in settings.namespaces or (None,):
         if not requeues.leading:
             return
         try:
             releases = await kube.list_releases(namespace)
         except KubeError as err:
-            log.warning("resync: cannot list FilterReleases: %s", err)
+            log.warning("%s: cannot list FilterReleases: %s", why, err)
             continue
+        yield namespace, releases
+
+
+async def resync_once(
+    reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
+) -> None:
+    """Reconcile every release once (the leader only; a follower has nothing to do)."""
+    async for namespace, releases in _releases_by_namespace(kube, settings, requeues, "resync"):
         for body in releases:
             if not requeues.leading:
                 return
@@ -360,14 +368,9 @@ async def sweep_tracks(
     reconciler: Reconciler, kube: KubeApi, settings: Settings, requeues: Requeues
 ) -> None:
     """Take the track labels of releases that no longer exist off the pods (the leader only)."""
-    for namespace in settings.namespaces or (None,):
-        if not requeues.leading:
-            return
-        try:
-            releases = await kube.list_releases(namespace)
-        except KubeError as err:
-            log.warning("cannot list FilterReleases to clean up track labels: %s", err)
-            continue
+    async for namespace, releases in _releases_by_namespace(
+        kube, settings, requeues, "track label clean-up"
+    ):
         await _sweep(reconciler, kube, namespace, releases)
 
 

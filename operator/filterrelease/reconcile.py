@@ -25,7 +25,7 @@ from filterrelease.core.actions import (
 )
 from filterrelease.core.analysis import AnalysisTarget, MetricResult
 from filterrelease.core.analysis_spec import Metric
-from filterrelease.core.confirmation import proxy_needs
+from filterrelease.core.confirmation import layout_key, proxy_needs
 from filterrelease.core.decision import Decision
 from filterrelease.core.failures import action_failed, action_retrying
 from filterrelease.core.hooks import Event, GateResult, HookType, Subject
@@ -422,7 +422,7 @@ def _confirmed(
     if status.proxies.confirmed_at is None:
         return False
     desired = module_version(spec, release.generation, module).config_hash
-    return status.proxies.target == f"{desired[:12]}//0"
+    return status.proxies.target == layout_key(desired)
 
 
 def _pods_matter(

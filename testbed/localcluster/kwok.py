@@ -273,3 +273,43 @@ def node_manifest(name: str, index: int) -> dict[str, Any]:
 def node_manifests(count: int) -> list[dict[str, Any]]:
     """The fake nodes kwok-node-0..count-1."""
     return [node_manifest(f"kwok-node-{i}", i) for i in range(count)]
+
+
+def kwok_crd(kind: str, plural: str, singular: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """The CustomResourceDefinition of one of kwok's namespaced kinds (kwok.x-k8s.io/v1alpha1),
+    with `spec` (the schema of the fields kwok reads) required and status left open."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        },
+        "required": ["spec"],
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.kwok.x-k8s.io"},
+        "spec": {
+            "group": "kwok.x-k8s.io",
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1alpha1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": {"status": {}},
+                }
+            ],
+        },
+    }

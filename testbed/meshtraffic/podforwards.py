@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from localcluster.kwok import kwok_crd
 from localcluster.processes import StartStop
 from meshagent.layout import ADMIN_PORT_FILE
 from meshtraffic.podfiles import read_port, walk_pod_dirs
@@ -50,45 +51,12 @@ def portforward_crd_manifest() -> dict[str, Any]:
             "command": {"type": "array", "items": {"type": "string"}},
         },
     }
-    schema = {
+    spec = {
         "type": "object",
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": {
-                "type": "object",
-                "required": ["forwards"],
-                "properties": {"forwards": {"type": "array", "items": forward}},
-            },
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        },
-        "required": ["spec"],
+        "required": ["forwards"],
+        "properties": {"forwards": {"type": "array", "items": forward}},
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "portforwards.kwok.x-k8s.io"},
-        "spec": {
-            "group": "kwok.x-k8s.io",
-            "names": {
-                "kind": "PortForward",
-                "listKind": "PortForwardList",
-                "plural": "portforwards",
-                "singular": "portforward",
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1alpha1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
-                }
-            ],
-        },
-    }
+    return kwok_crd("PortForward", "portforwards", "portforward", spec)
 
 
 def portforward_manifest(namespace: str, pod: str, admin_port: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from localcluster.kwok import kwok_crd
 from localcluster.processes import StartStop
 from meshtraffic.accesslog import FileTail
 from meshtraffic.podfiles import AGENT_LOG, CRI_LOG, ENVOY_LOG, PodDir, walk_pod_dirs
@@ -198,40 +199,12 @@ def logs_crd_manifest() -> dict[str, Any]:
             "follow": {"type": "boolean"},
         },
     }
-    schema = {
+    spec = {
         "type": "object",
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": {
-                "type": "object",
-                "required": ["logs"],
-                "properties": {"logs": {"type": "array", "items": log_item}},
-            },
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-        },
-        "required": ["spec"],
+        "required": ["logs"],
+        "properties": {"logs": {"type": "array", "items": log_item}},
     }
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "logs.kwok.x-k8s.io"},
-        "spec": {
-            "group": "kwok.x-k8s.io",
-            "names": {"kind": "Logs", "listKind": "LogsList", "plural": "logs", "singular": "logs"},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1alpha1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": schema},
-                    "subresources": {"status": {}},
-                }
-            ],
-        },
-    }
+    return kwok_crd("Logs", "logs", "logs", spec)
 
 
 def logs_manifest(namespace: str, pod: str, logs_file: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from filterrelease.core.decision import with_condition
 from filterrelease.core.observation import Context, Observation
 from filterrelease.core.proxies import (
     MAX_LAGGING_SHOWN,
@@ -33,7 +34,6 @@ from filterrelease.core.status import (
     LaggingProxy,
     ModuleVersion,
     ProxiesStatus,
-    set_condition,
 )
 from filterrelease.core.timestamps import seconds_since, timestamp
 from filterrelease.core.tracks import CANARY, STABLE
@@ -69,6 +69,11 @@ def _versions(ctx: Context) -> dict[str, ModuleVersion]:
     return found
 
 
+def layout_key(stable: str, canary: str = "", on_canary: int = 0) -> str:
+    """Names a layout by its plugins' contents and the pods on the canary one."""
+    return f"{stable[:12]}/{canary[:12]}/{on_canary}"
+
+
 def target_key(ctx: Context) -> str:
     """Names the live layout the proxies should run: the content on each plugin, and how many
     pods are on the canary one. A new key starts a new wait. Once the layout converged it is
@@ -77,7 +82,7 @@ def target_key(ctx: Context) -> str:
     stable = layout.stable.content if layout.stable else ""
     canary = layout.canary.content if layout.canary else ""
     on_canary = sum(1 for v in layout.pods.values() if v == CANARY) if layout.canary else 0
-    return f"{stable[:12]}/{canary[:12]}/{on_canary}"
+    return layout_key(stable, canary, on_canary)
 
 
 def proxy_needs(obs: Observation, ctx: Context | None) -> dict[str, Expected]:
@@ -241,13 +246,7 @@ def with_proxies(
         if check.unreachable:
             flag, reason = "Unknown", "ConfirmationUnavailable"
             message = f"cannot read {check.unreachable} (whenUnreachable: Hold)"
-    conds = set_condition(
-        status.conditions,
-        ConditionType.PROXIES_CONFIRMED,
-        flag,
-        reason,
-        message,
-        now=obs.now,
-        generation=obs.release.generation,
+    status = with_condition(
+        status, obs, ConditionType.PROXIES_CONFIRMED, flag, reason=reason, message=message
     )
-    return status.model_copy(update={"conditions": conds, "proxies": check.status})
+    return status.model_copy(update={"proxies": check.status})

@@ -98,12 +98,19 @@ def keeps_running(status: FilterReleaseStatus) -> str:
     return "nothing was released yet"
 
 
-def with_module_condition(
-    status: FilterReleaseStatus, obs: Observation, flag: ConditionStatus, reason: str, message: str
+def with_condition(
+    status: FilterReleaseStatus,
+    obs: Observation,
+    type_: ConditionType,
+    flag: ConditionStatus,
+    *,
+    reason: str,
+    message: str,
 ) -> FilterReleaseStatus:
+    """One condition set as of this observation (its time and the release's generation)."""
     conds = set_condition(
         status.conditions,
-        ConditionType.MODULE_VERIFIED,
+        type_,
         flag,
         reason,
         message,
@@ -111,6 +118,14 @@ def with_module_condition(
         generation=obs.release.generation,
     )
     return status.model_copy(update={"conditions": conds})
+
+
+def with_module_condition(
+    status: FilterReleaseStatus, obs: Observation, flag: ConditionStatus, reason: str, message: str
+) -> FilterReleaseStatus:
+    return with_condition(
+        status, obs, ConditionType.MODULE_VERIFIED, flag, reason=reason, message=message
+    )
 
 
 def shown(version: ModuleVersion) -> str:
@@ -218,13 +233,11 @@ def with_metrics_condition(
     old = status.condition(ConditionType.METRICS_UNAVAILABLE)
     if unavailable is None and old is None:
         return status  # never set for releases without analysis: keep their status short
-    conds = set_condition(
-        status.conditions,
+    return with_condition(
+        status,
+        obs,
         ConditionType.METRICS_UNAVAILABLE,
         "True" if unavailable else "False",
-        "MeasurementError" if unavailable else "Measuring",
-        unavailable or "",
-        now=obs.now,
-        generation=obs.release.generation,
+        reason="MeasurementError" if unavailable else "Measuring",
+        message=unavailable or "",
     )
-    return status.model_copy(update={"conditions": conds})

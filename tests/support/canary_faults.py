@@ -157,9 +157,12 @@ def faulty_release(
     *,
     webhooks: Sequence[dict[str, str]] = (),
     steps: Sequence[Any] = STEPS,
+    wasm_fast_fail: bool = True,
 ) -> None:
     """tests.support.canary.release(), with webhooks (it has no place for them)."""
     canary: dict[str, Any] = {"steps": list(steps)}
+    if not wasm_fast_fail:
+        canary["wasmFastFail"] = False
     if webhooks:
         canary["webhooks"] = list(webhooks)
     body = {

@@ -42,6 +42,10 @@ class Settings(BaseModel):
     # binary is available (the `envoy` extra, or envoy_binary / $FILTERRELEASE_ENVOY).
     dry_run: bool = True
     envoy_binary: str = ""
+    # Dry runs keep one Envoy per module loaded (providers/dryrun_pool.py), so a new pluginConfig
+    # is checked in milliseconds; this bounds their own memory (about 72 MiB each), least
+    # recently used first out. 0: a fresh Envoy for every check (about 1.5 s each).
+    dry_run_pool_mib: int = Field(default=256, ge=0)
     log_level: str = "INFO"
     # Where canary analysis queries Istio's metrics; empty: every measurement is an Error, so
     # a rollout with analysis holds rather than promote unmeasured.

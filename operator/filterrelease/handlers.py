@@ -33,8 +33,10 @@ from filterrelease.kube.lease import LeaseApi
 from filterrelease.kube.podlogs import PodLogs
 from filterrelease.kube.proxies import ProxyAdmin
 from filterrelease.leadership import Leadership, LeaseLeadership
+from filterrelease.ports import DryRun
 from filterrelease.preflight import Preflight
 from filterrelease.providers.dryrun import EnvoyDryRun
+from filterrelease.providers.dryrun_pool import WarmDryRuns
 from filterrelease.providers.envoy import find_envoy
 from filterrelease.providers.registry import RegistryClient
 from filterrelease.reconcile import Reconciler
@@ -123,7 +125,7 @@ async def start(settings: kopf.OperatorSettings, config: Settings, memo: kopf.Me
         ca_file=config.registry_ca_file,
         insecure_registries=config.insecure_registries,
     )
-    preflight = Preflight(kube, registry, metrics, dry_run_for(config))
+    memo.preflight = preflight = Preflight(kube, registry, metrics, dry_run_for(config))
     memo.analyzer = analyzer_for(config, api_client)
     memo.notifier = Notifier()
     memo.requeues = Requeues(memo.leadership)
@@ -156,6 +158,7 @@ async def stop(memo: kopf.Memo) -> None:
     if memo.health is not None:
         await memo.health.stop()
     memo.kube.close()
+    memo.preflight.close()
 
 
 def leadership_for(
@@ -221,7 +224,7 @@ def proxy_admin_for(config: Settings, api_client: ApiClient) -> ProxyAdmin | Non
     )
 
 
-def dry_run_for(config: Settings) -> EnvoyDryRun | None:
+def dry_run_for(config: Settings) -> DryRun | None:
     if not config.dry_run:
         return None
     try:
@@ -229,8 +232,12 @@ def dry_run_for(config: Settings) -> EnvoyDryRun | None:
     except FileNotFoundError:
         log.warning("no Envoy binary: pre-flight will not load modules in Envoy (dry run off)")
         return None
-    log.info("pre-flight dry runs use %s", envoy)
-    return EnvoyDryRun(envoy)
+    if not config.dry_run_pool_mib:
+        log.info("pre-flight dry runs start %s for each check", envoy)
+        return EnvoyDryRun(envoy)
+    log.info("pre-flight dry runs keep modules loaded in %s (up to %d MiB)",
+             envoy, config.dry_run_pool_mib)  # fmt: skip
+    return WarmDryRuns(envoy, memory_bytes=config.dry_run_pool_mib * 2**20)
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

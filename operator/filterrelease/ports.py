@@ -29,6 +29,16 @@ class SelectedPod:
     sidecar: bool = False  # Running, with an istio-proxy container: a proxy to confirm
 
 
+class DryRun(Protocol):
+    """Loads a module into a real Envoy with a plugin config (providers/dryrun_pool.WarmDryRuns,
+    or dryrun.EnvoyDryRun): raises ModuleProblem when Envoy cannot run it. Blocking; called
+    from the pre-flight's own threads."""
+
+    def check(self, module: bytes, plugin_name: str | None, configuration: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ProxyReader(Protocol):
     """Reads what selected proxies run (kube/proxies.ProxyAdmin): pod → expectation in, pod →
     reading out. It may answer from what a proxy confirmed before."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from filterrelease.core.module import (
@@ -30,8 +31,7 @@ from filterrelease.core.module import (
 )
 from filterrelease.core.spec import Module
 from filterrelease.kube.api import KubeError
-from filterrelease.ports import SecretReader
-from filterrelease.providers.dryrun import EnvoyDryRun
+from filterrelease.ports import DryRun, SecretReader
 from filterrelease.providers.registry import (
     MAX_MODULE_BYTES,
     Credentials,
@@ -45,6 +45,10 @@ DOCKERCONFIGJSON = ".dockerconfigjson"
 
 # Modules kept in memory after verification (about 2 MB each), for dry runs with a new config.
 MODULE_CACHE_SIZE = 32
+# Dry runs at once: each is CPU-bound (a V8 compile, or a plugin's proxy_on_configure). They
+# get threads of their own, so that however many wait, the kube calls and registry fetches of
+# reconciles that need no dry run (asyncio's default threads) are never queued behind them.
+DRY_RUN_THREADS = 2
 
 
 class Preflight:
@@ -53,12 +57,13 @@ class Preflight:
         kube: SecretReader,
         registry: RegistryClient,
         metrics: Metrics,
-        dry_run: EnvoyDryRun | None = None,
+        dry_run: DryRun | None = None,
     ) -> None:
         self._kube = kube
         self._registry = registry
         self._metrics = metrics
         self._dry_run = dry_run
+        self._dry_run_threads = ThreadPoolExecutor(DRY_RUN_THREADS, thread_name_prefix="dry-run")
         # manifest digest (oci) or module sha256 (http) -> (layout, abi) of a verified module
         self._verified: dict[str, tuple[str, str]] = {}
         # (manifest digest, (registry, repository, (namespace, pull secret) or None for
@@ -225,11 +230,21 @@ class Preflight:
                 await self._verify_http(module, verified.generation or 0, None)
             data = self._modules[verified.sha256]
         self._metrics.dry_runs.inc()
+        check = self._dry_run.check
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.to_thread(self._dry_run.check, data, module.plugin_name, configuration)
+            await loop.run_in_executor(
+                self._dry_run_threads, check, data, module.plugin_name, configuration
+            )
         except ModuleProblem as problem:
             return problem
         return None
+
+    def close(self) -> None:
+        """Stop the dry run's Envoys (a pool keeps some running between checks)."""
+        self._dry_run_threads.shutdown(wait=False, cancel_futures=True)
+        if self._dry_run is not None:
+            self._dry_run.close()
 
     async def _credentials(
         self, namespace: str, module: Module, registry: str

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 from filterrelease.core.module import ModuleProblem, Reason, VerifiedModule, dry_run_key
 from filterrelease.core.spec import Module
+from filterrelease.ports import DryRun
 from filterrelease.preflight import Preflight
-from filterrelease.providers.dryrun import EnvoyDryRun
 from filterrelease.providers.registry import RegistryClient
 from filterrelease.telemetry import Metrics
 
@@ -32,11 +32,12 @@ class CountingDryRun:
         if self.problem is not None:
             raise self.problem
 
+    def close(self) -> None:
+        pass
+
 
 def preflight(dry_run: CountingDryRun) -> Preflight:
-    found = Preflight(
-        cast(Any, None), cast(RegistryClient, None), Metrics(), cast(EnvoyDryRun, dry_run)
-    )
+    found = Preflight(cast(Any, None), cast(RegistryClient, None), Metrics(), cast(DryRun, dry_run))
     found._modules[SHA] = b"\0asm\1\0\0\0"  # verified before: its bytes are kept
     return found
 

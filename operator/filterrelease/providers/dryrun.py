@@ -28,7 +28,7 @@ _WASM_MARKERS = ("wasm log", "Wasm VM failed", "failed to load", "Unable to crea
                  "panic", "Function: proxy_on")  # fmt: skip
 
 
-class _Ok(http.server.BaseHTTPRequestHandler):
+class OkHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("content-length", "2")
@@ -40,8 +40,8 @@ class _Ok(http.server.BaseHTTPRequestHandler):
 
 
 @contextmanager
-def _upstream() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+def upstream() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OkHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -54,7 +54,7 @@ def _upstream() -> Iterator[int]:
 _PREFIX = re.compile(r"^(\[[^\]]*\]\s*)+")  # [time][thread][level][component] [source:line]
 
 
-def _wasm_lines(log: str, limit: int = 4) -> str:
+def wasm_lines(log: str, limit: int = 4) -> str:
     """Envoy's Wasm lines, without their [time][thread][level][source] prefixes."""
     lines = [
         _PREFIX.sub("", line.strip())
@@ -64,14 +64,31 @@ def _wasm_lines(log: str, limit: int = 4) -> str:
     return " | ".join(lines[:limit]) or "(no Wasm lines in Envoy's log)"
 
 
+def config_rejected(log: str) -> ModuleProblem:
+    return ModuleProblem(
+        Reason.CONFIG_REJECTED,
+        "the module did not load in Envoy with this pluginConfig: " + wasm_lines(log),
+    )
+
+
+def crashed(status: int, log: str) -> ModuleProblem:
+    return ModuleProblem(
+        Reason.INVALID_MODULE,
+        f"the module answered its first request in Envoy with HTTP {status}: " + wasm_lines(log),
+    )
+
+
 class EnvoyDryRun:
+    """A fresh Envoy per check: compiles the module every time (about 1.5 s here). The pool in
+    dryrun_pool.py keeps one loaded per module; this is its fallback and the `pool off` path."""
+
     def __init__(self, envoy: Path, timeout: float = 30.0) -> None:
         self._envoy = envoy
         self._timeout = timeout
 
     def check(self, module: bytes, plugin_name: str | None, configuration: str) -> None:
         """Raise ConfigRejected or InvalidModule if Envoy cannot run the module as configured."""
-        with tempfile.TemporaryDirectory(prefix="filterrelease-dryrun-") as tmp, _upstream() as up:
+        with tempfile.TemporaryDirectory(prefix="filterrelease-dryrun-") as tmp, upstream() as up:
             workdir = Path(tmp)
             path = workdir / "plugin.wasm"
             path.write_bytes(module)
@@ -83,24 +100,19 @@ class EnvoyDryRun:
             try:
                 envoy.start(timeout=self._timeout)
             except EnvoyError as err:
-                raise ModuleProblem(
-                    Reason.CONFIG_REJECTED,
-                    "the module did not load in Envoy with this pluginConfig: "
-                    + _wasm_lines(envoy.log_text() or str(err)),
-                ) from err
+                raise config_rejected(envoy.log_text() or str(err)) from err
             try:
-                status = _one_request(envoy.listener_port())
+                status = one_request(envoy.listener_port())
                 if status >= 500:
-                    raise ModuleProblem(
-                        Reason.INVALID_MODULE,
-                        f"the module answered its first request in Envoy with HTTP {status}: "
-                        + _wasm_lines(envoy.log_text()),
-                    )
+                    raise crashed(status, envoy.log_text())
             finally:
                 envoy.stop()
 
+    def close(self) -> None:
+        """Nothing outlives a check."""
 
-def _one_request(port: int) -> int:
+
+def one_request(port: int) -> int:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/filterrelease-preflight")
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310  (loopback)

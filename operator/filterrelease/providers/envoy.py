@@ -104,6 +104,11 @@ class EnvoyProcess:
     config is written to workdir/envoy.json and passed with -c, or inline with --config-yaml
     when `inline_config` is true. Hot restart's shared memory is keyed by a base id; each
     process picks a free one (--use-dynamic-base-id) unless `base_id` is given.
+
+    Envoy runs in its own process group, so a signal to its parent's group does not reach it.
+    `die_with_parent` has the kernel kill it when the thread that started it goes (util-linux
+    `setpriv --pdeathsig`, where there is one): for long-lived Envoys a SIGKILLed parent could
+    not stop itself.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class EnvoyProcess:
         inline_config: bool = False,
         file_flush_interval_ms: int = 200,
         extra_args: Sequence[str] = (),
+        die_with_parent: bool = False,
     ) -> None:
         self.workdir = workdir
         self.log_path = workdir / "envoy.log"
@@ -130,6 +136,9 @@ class EnvoyProcess:
         self._admin_url: str | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         argv = [str(envoy or find_envoy())]
+        setpriv = shutil.which("setpriv") if die_with_parent else None
+        if setpriv:
+            argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
         if isinstance(config, Path):
             argv += ["-c", str(config)]
         elif inline_config:
@@ -250,6 +259,21 @@ class EnvoyProcess:
         if name not in ports:
             raise EnvoyError(f"envoy has no listener named {name!r} (it has {sorted(ports)})")
         return ports[name]
+
+    def private_memory_bytes(self) -> int:
+        """The process's own resident memory now (Linux /proc RssAnon: heap, V8's code and
+        data), leaving out the pages of the binary that every Envoy shares; 0 when it is not
+        running."""
+        if self.pid is None or not self.alive():
+            return 0
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return 0
+        for line in status.splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+        return 0
 
     def stats(self, prefix: str = "") -> dict[str, int]:
         """Counters and gauges whose name starts with `prefix`."""

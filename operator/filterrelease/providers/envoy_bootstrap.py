@@ -42,6 +42,8 @@ _T = "type.googleapis.com/"
 _STDOUT_LOG_TYPE = _T + "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 _FILE_LOG_TYPE = _T + "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _LISTENER_TYPE = _T + "envoy.config.listener.v3.Listener"
+_WASM_TYPE = _T + "envoy.extensions.filters.http.wasm.v3.Wasm"
+_TYPED_EXTENSION_CONFIG_TYPE = _T + "envoy.config.core.v3.TypedExtensionConfig"
 _HCM_TYPE = _T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 MIN_RELOAD_BACKOFF_MS = 2
@@ -101,12 +103,36 @@ def wasm_filter_config(wasm: WasmFilter) -> dict[str, Any]:
         plugin["reload_config"] = {
             "backoff": {"base_interval": _duration_ms(wasm.reload_backoff_ms)}
         }
+    return {"name": WASM_FILTER, "typed_config": {"@type": _WASM_TYPE, "config": plugin}}
+
+
+def ecds_filter_config(name: str, path: Path) -> dict[str, Any]:
+    """An http_filters entry whose config comes over ECDS from the file `path` (write
+    `ecds_response(...)` there), as a sidecar gets each WasmPlugin's filter from istiod. Until
+    a first config is accepted the listener still serves, answering 500 for the missing filter
+    (initial_fetch_timeout 0: Envoy does not wait for the file)."""
     return {
-        "name": WASM_FILTER,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": plugin,
+        "name": name,
+        "config_discovery": {
+            "config_source": {
+                "path_config_source": {"path": str(path)},
+                "resource_api_version": "V3",
+                "initial_fetch_timeout": "0s",
+            },
+            "type_urls": [_WASM_TYPE],
         },
+    }
+
+
+def ecds_response(name: str, wasm: WasmFilter, version: str) -> dict[str, Any]:
+    """A DiscoveryResponse holding the one TypedExtensionConfig `name` for `wasm`: the content
+    of the file `ecds_filter_config` names. Replacing that file (atomically) swaps the filter's
+    config in place: a new plugin config reuses the loaded VM, so no module is compiled again."""
+    resource = {"name": name, "typed_config": wasm_filter_config(wasm)["typed_config"]}
+    return {
+        "version_info": version,
+        "type_url": _TYPED_EXTENSION_CONFIG_TYPE,
+        "resources": [{"@type": _TYPED_EXTENSION_CONFIG_TYPE, **resource}],
     }
 
 
@@ -116,10 +142,12 @@ def listener_config(
     wasm: WasmFilter | None = None,
     access_log: str | Path | None = None,
     upstream_timeout_s: float = 15.0,
+    ecds: tuple[str, Path] | None = None,
 ) -> dict[str, Any]:
     """The listener (envoy.config.listener.v3.Listener): 127.0.0.1:`listener_port` ->
     http_connection_manager -> [wasm] -> router -> the upstream cluster. Without `wasm` the
-    chain is just the router (a baseline to compare with). `access_log` is a file path; None
+    chain is just the router (a baseline to compare with); `ecds` (name, file) puts an ECDS
+    filter there instead (`ecds_filter_config`). `access_log` is a file path; None
     logs to stdout. The connection manager passes the upstream's `server` header through (by
     default Envoy overwrites it with "envoy"), so a filter that removes it can be seen to."""
     if access_log is None:
@@ -142,6 +170,8 @@ def listener_config(
     http_filters: list[dict[str, Any]] = []
     if wasm is not None:
         http_filters.append(wasm_filter_config(wasm))
+    if ecds is not None:
+        http_filters.append(ecds_filter_config(*ecds))
     http_filters.append(
         {
             "name": "envoy.filters.http.router",
@@ -210,6 +240,7 @@ def bootstrap_config(
     access_log: str | Path | None = None,
     upstream_timeout_s: float = 15.0,
     lds_path: Path | None = None,
+    ecds: tuple[str, Path] | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap: the listener of `listener_config` in front of one static cluster,
     127.0.0.1:`upstream_port`; admin on 127.0.0.1:`admin_port`.
@@ -224,6 +255,7 @@ def bootstrap_config(
         wasm=wasm,
         access_log=access_log,
         upstream_timeout_s=upstream_timeout_s,
+        ecds=ecds,
     )
     config: dict[str, Any] = {
         "admin": {"address": _socket_address(admin_port)},

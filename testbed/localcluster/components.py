@@ -159,6 +159,9 @@ def kube_scheduler(bin_dir: Path, pki: Pki, ports: Ports, kubeconfig: Path) -> l
     ]
 
 
+NODE_LEASE_SECONDS = 40
+
+
 def kwok(
     bin_dir: Path, pki: Pki, ports: Ports, kubeconfig: Path, configs: Sequence[Path]
 ) -> list[str]:
@@ -170,6 +173,12 @@ def kwok(
         *(f"--config={c}" for c in configs),
         "--manage-all-nodes=false",
         f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}={NODE_ANNOTATION_VALUE}",
+        # Node Leases, renewed every quarter of this, as a kubelet does. Said explicitly: with
+        # --config files that hold only Stages, kwok 0.8 leaves its default (40) unset and
+        # renews no Lease; then only the status heartbeat Stage (every 5-10 min) kept nodes
+        # alive, so the node lifecycle controller (grace 50 s) marked every node NotReady for
+        # ~5 s each ~55 s, with NodeNotReady on their pods.
+        f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
         # Nodes advertise this address (InternalIP) and hostIP of their pods.
         f"--node-ip={LOOPBACK}",
         # kwok's kubelet-like server: the apiserver proxies `kubectl logs/exec` here...

@@ -74,8 +74,8 @@ spec:
       phase: Running
 ---
 # Node: refresh the condition heartbeats now and then. Liveness proper comes from the node
-# Leases kwok renews (--node-lease-duration-seconds, default 40s); this keeps the conditions'
-# timestamps from looking ancient in `kubectl describe node`.
+# Leases kwok renews (components.kwok sets --node-lease-duration-seconds); this keeps the
+# conditions' timestamps from looking ancient in `kubectl describe node`.
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:

@@ -63,6 +63,26 @@ def test_all_nodes_ready(cluster: LocalCluster) -> None:
         assert not node["spec"].get("taints"), node["spec"]["taints"]
 
 
+def test_nodes_renew_their_leases(cluster: LocalCluster) -> None:
+    # Without renewed Leases the node lifecycle controller marks every node NotReady once its
+    # grace period passes (and NodeNotReady on the pods): nodes flapped every ~55 s that way.
+    def renewals() -> dict[str, str]:
+        leases = _json(cluster, "get", "leases", "-n", "kube-node-lease")["items"]
+        return {lease["metadata"]["name"]: lease["spec"].get("renewTime", "") for lease in leases}
+
+    cluster.wait_for(
+        lambda: set(renewals()) == {"kwok-node-0", "kwok-node-1", "kwok-node-2"},
+        timeout=60,
+        what="a Lease for every node in kube-node-lease",
+    )
+    first = renewals()
+    cluster.wait_for(
+        lambda: all(renewals()[node] > first[node] for node in first),
+        timeout=90,
+        what="every node Lease renewed",
+    )
+
+
 def test_server_version(cluster: LocalCluster) -> None:
     version = _json(cluster, "version")
     assert version["serverVersion"]["gitVersion"] == "v1.36.4"

@@ -315,12 +315,20 @@ def main() -> None:
     started = time.monotonic()
     modules = filter_modules()
     results: dict[str, list[Run]] = {name: [] for name in chosen}
+    failed: list[str] = []
     env = {"FILTERRELEASE_DRY_RUN": "false"}
     with workdir(args.workdir) as wd, faulty_mesh(wd, modules, operator_env=env) as mesh:
         print(f"mesh cluster and operator up in {time.monotonic() - started:.0f} s")
         for name in chosen:
             for index in range(args.runs):
-                run = one_run(mesh, VARIANTS[name], index, args.rate)
+                try:
+                    run = one_run(mesh, VARIANTS[name], index, args.rate)
+                except (TimeoutError, RuntimeError, subprocess.CalledProcessError) as err:
+                    # One run that cannot start or finish must not take the others' figures
+                    # down with it: it is reported, and the next run starts from v1 again.
+                    failed.append(f"{name} run {index + 1}: {str(err).splitlines()[0][:300]}")
+                    print(f"{failed[-1]} (not counted)", flush=True)
+                    continue
                 results[name].append(run)
                 window = "-" if run.window_s is None else f"{run.window_s:.1f} s"
                 print(
@@ -330,6 +338,8 @@ def main() -> None:
                     flush=True,
                 )
     print(f"\n{summary(results)}")
+    if failed:
+        print(f"{len(failed)} run(s) failed and are not in the figures:", *failed, sep="\n  ")
     print(
         f"load: {args.rate:g} requests/s offered; whole bench {time.monotonic() - started:.0f} s; "
         f"load average {os.getloadavg()[0]:.2f} at the end"

@@ -83,7 +83,11 @@ def api_requests(cluster: LocalCluster) -> Counter[tuple[str, str, str]]:
         match = _SAMPLE.match(line)
         if match:
             labels = dict(_LABEL.findall(match.group(1)))
-            key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+            key = (
+                labels.get("verb", ""),
+                labels.get("resource", ""),
+                labels.get("subresource", ""),
+            )
             counts[key] += int(float(match.group(2)))
     return counts
 
@@ -171,7 +175,7 @@ class ReadyWatch:
 
     def _run(self, namespace: str) -> None:
         with contextlib.suppress(Exception):  # the stream ends when the benchmark stops it
-            for event in self._watch.stream(
+            for event in self._watch.stream(  # type: ignore[no-untyped-call]
                 self._api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL
             ):
                 obj = event["object"]
@@ -212,17 +216,21 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def one_run(
-    cluster: LocalCluster,
-    kubeconfig: Path,
-    workdir: Path,
-    url: str,
-    n: int,
-    distinct: bool,
-    tag: str,
-    resync: float,
-    soak_minutes: float = 0,
-) -> Run:
+@dataclass(frozen=True)
+class Setup:
+    """The cluster every run shares, and how the operator runs on it."""
+
+    cluster: LocalCluster
+    kubeconfig: Path
+    workdir: Path
+    url: str
+    resync: float
+
+
+def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: float = 0) -> Run:
+    cluster, kubeconfig, workdir, url, resync = (
+        setup.cluster, setup.kubeconfig, setup.workdir, setup.url, setup.resync
+    )  # fmt: skip
     namespace = f"scale-{tag}"
     cluster.kubectl("create", "namespace", namespace)
     # Only this namespace: leftovers of earlier runs (being deleted) are not this run's work.
@@ -291,7 +299,7 @@ def one_run(
 
 def med(values: list[float], unit: str = "", digits: int = 1) -> str:
     m = statistics.median(values)
-    spread = f" ({min(values):.{digits}f}–{max(values):.{digits}f})" if len(values) > 1 else ""
+    spread = f" ({min(values):.{digits}f} to {max(values):.{digits}f})" if len(values) > 1 else ""
     return f"{m:.{digits}f}{unit}{spread}"
 
 
@@ -305,7 +313,9 @@ def report(n: int, distinct: bool, runs: list[Run]) -> None:
           f"{med([r.create.reads / n for r in runs], ' reads', 2)}")  # fmt: skip
     print(f"    writes: {by_kind([r.create.by_kind for r in runs], n)}")
     print(f"    reads: {by_kind([r.create.reads_by_kind for r in runs], n)}")
-    per_resync = [(r.idle.writes / r.idle_resyncs / n, r.idle.reads / r.idle_resyncs / n) for r in runs]
+    per_resync = [
+        (r.idle.writes / r.idle_resyncs / n, r.idle.reads / r.idle_resyncs / n) for r in runs
+    ]
     print(f"  API per idle resync/rel. {med([w for w, _ in per_resync], ' writes', 2)}, "
           f"{med([rd for _, rd in per_resync], ' reads', 2)}")  # fmt: skip
     resyncs = sum(r.idle_resyncs for r in runs) / len(runs)
@@ -345,12 +355,14 @@ def main() -> None:
             wasm = build_filters()["security-headers"]
             digest = publish(cluster.registry.host, "filters/security-headers", "v1", wasm)
             url = f"oci://{cluster.registry.host}/filters/security-headers@{digest}"
+            setup = Setup(cluster, kubeconfig, workdir, url, args.resync)
             if args.soak_minutes:
                 n = max(sizes)
                 print(f"soak: {n} releases, {args.soak_minutes:g} min of resyncs every "
                       f"{args.resync:g} s", flush=True)  # fmt: skip
-                run = one_run(cluster, kubeconfig, workdir, url, n, mixes[-1], "soak",
-                              args.resync, args.soak_minutes)  # fmt: skip
+                run = one_run(
+                    setup, n, distinct=mixes[-1], tag="soak", soak_minutes=args.soak_minutes
+                )
                 report(n, mixes[-1], [run])
                 return
             for n in sizes:
@@ -359,9 +371,7 @@ def main() -> None:
                     for k in range(args.runs):
                         tag = f"{n}-{'d' if distinct else 's'}-{k}"
                         print(f"run {tag} …", flush=True)
-                        runs.append(
-                            one_run(cluster, kubeconfig, workdir, url, n, distinct, tag, args.resync)
-                        )
+                        runs.append(one_run(setup, n, distinct=distinct, tag=tag))
                     report(n, distinct, runs)
 
 

@@ -116,6 +116,12 @@ bench: deps testbed filters
 	PYTHONPATH=testbed:. $(RUN) python bench/failover.py
 	PYTHONPATH=testbed:. $(RUN) python bench/proxy_confirmation.py
 	PYTHONPATH=testbed:. $(RUN) python bench/restart_dry_runs.py
+	PYTHONPATH=testbed:. $(RUN) python bench/scale.py $(SCALE_BENCH_ARGS)
+
+# 1,000 releases, then 30 minutes of resyncs every 10 s: the operator's RSS growth and writes.
+.PHONY: soak
+soak: deps testbed filters
+	PYTHONPATH=testbed:. $(RUN) python bench/scale.py --sizes 1000 --mix distinct --soak-minutes 30
 
 # Publish a filter build the way Istio can fetch it, without docker:
 #   make publish FILTER=security-headers REGISTRY=127.0.0.1:5000 TAG=v1.1.0 [LAYOUT=oci-wasm]

@@ -125,7 +125,7 @@ async def start(settings: kopf.OperatorSettings, config: Settings, memo: kopf.Me
         ca_file=config.registry_ca_file,
         insecure_registries=config.insecure_registries,
     )
-    memo.preflight = preflight = Preflight(kube, registry, metrics, dry_run_for(config))
+    memo.preflight = preflight = Preflight(kube, registry, metrics, dry_run_for(config, metrics))
     memo.analyzer = analyzer_for(config, api_client)
     memo.notifier = Notifier()
     memo.requeues = Requeues(memo.leadership)
@@ -224,7 +224,7 @@ def proxy_admin_for(config: Settings, api_client: ApiClient) -> ProxyAdmin | Non
     )
 
 
-def dry_run_for(config: Settings) -> DryRun | None:
+def dry_run_for(config: Settings, metrics: Metrics) -> DryRun | None:
     if not config.dry_run:
         return None
     try:
@@ -237,7 +237,11 @@ def dry_run_for(config: Settings) -> DryRun | None:
         return EnvoyDryRun(envoy)
     log.info("pre-flight dry runs keep modules loaded in %s (up to %d MiB)",
              envoy, config.dry_run_pool_mib)  # fmt: skip
-    return WarmDryRuns(envoy, memory_bytes=config.dry_run_pool_mib * 2**20)
+    pool = WarmDryRuns(envoy, memory_bytes=config.dry_run_pool_mib * 2**20)
+    # Read at each scrape: the pool's size and memory change between dry runs too.
+    metrics.dry_run_envoys.set_function(pool.size)
+    metrics.dry_run_memory.set_function(pool.memory_bytes)
+    return pool
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:

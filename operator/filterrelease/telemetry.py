@@ -53,6 +53,16 @@ class Metrics:
             "Modules loaded into a pre-flight Envoy with a release's pluginConfig.",
             registry=self.registry,
         )
+        self.dry_run_envoys = Gauge(
+            "filterrelease_dry_run_envoys",
+            "Warm pre-flight Envoys, one per module kept loaded for new pluginConfigs.",
+            registry=self.registry,
+        )
+        self.dry_run_memory = Gauge(
+            "filterrelease_dry_run_memory_bytes",
+            "Their own resident memory (bounded by FILTERRELEASE_DRY_RUN_POOL_MIB).",
+            registry=self.registry,
+        )
         self.phase = Gauge(
             "filterrelease_release_phase",
             "1 for the phase each FilterRelease is in, 0 for the others.",

@@ -393,8 +393,11 @@ def test_dry_run_in_envoy_catches_what_only_loading_shows(
 
 
 def test_released_modules_were_loaded_in_envoy(
-    istio_cluster: LocalCluster, namespace: str, published: Published
+    istio_cluster: LocalCluster, namespace: str, published: Published, operator: OperatorProcess
 ) -> None:
     v1 = example(namespace, registry=published.registry)
     assert apply_json(istio_cluster, v1).returncode == 0
     assert wait_ready(istio_cluster, namespace, NAME)["status"]["module"]["dryRun"] is True
+    # The module stays loaded in a warm Envoy for the next pluginConfig, and its memory shows.
+    assert operator.metric("filterrelease_dry_run_envoys") >= 1
+    assert operator.metric("filterrelease_dry_run_memory_bytes") > 2**20

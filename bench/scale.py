@@ -110,6 +110,8 @@ class Requests:
             if (resource, sub) in NOT_OURS and verb in ("WATCH", "LIST"):
                 continue  # the benchmark's watch (the operator's own is older than `before`)
             kind = f"{verb} {resource}{'/' + sub if sub else ''}"
+            if verb == "WATCH":
+                continue  # long-lived streams (every controller's), not requests per release
             if verb in READS:
                 out.reads += count
                 out.reads_by_kind[kind] += count
@@ -320,6 +322,7 @@ def report(n: int, distinct: bool, runs: list[Run]) -> None:
           f"{med([rd for _, rd in per_resync], ' reads', 2)}")  # fmt: skip
     resyncs = sum(r.idle_resyncs for r in runs) / len(runs)
     print(f"    reads: {by_kind([r.idle.reads_by_kind for r in runs], n * resyncs)}")
+    print(f"    writes (all, not per release): {by_kind([r.idle.by_kind for r in runs], 1)}")
     print(f"  operator RSS, CPU        {med([r.rss for r in runs], ' MiB', 0)}, "
           f"{med([r.cpu for r in runs], ' CPU s')} to create")  # fmt: skip
     print(f"  dry runs                 {med([r.dry_runs for r in runs], '', 0)}")

@@ -154,6 +154,15 @@ def reconciled(operator: OperatorProcess) -> set[str]:
     )
 
 
+def reconcile_count(operator: OperatorProcess) -> float:
+    """Reconciles the operator ran so far, all releases together."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in operator.metrics().splitlines()
+        if line.startswith("filterrelease_reconcile_total{")
+    )
+
+
 def wait(what: str, check: Callable[[], bool], timeout: float) -> float:
     t0 = time.monotonic()
     while not check():
@@ -204,7 +213,7 @@ class Run:
     p99: float
     create: Requests
     idle: Requests
-    idle_resyncs: int
+    idle_resyncs: float
     rss: float
     cpu: float
     dry_runs: float
@@ -263,6 +272,7 @@ def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: flo
         # Idle: whole resyncs, nothing changed.
         before = api_requests(cluster)
         rss_before = rss_mib(operator.pid)
+        reconciles_before = reconcile_count(operator)
         idle_seconds = max(3 * resync, soak_minutes * 60)
         t_idle = time.monotonic()
         while time.monotonic() - t_idle < idle_seconds:
@@ -271,6 +281,8 @@ def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: flo
                 print(f"    soak: {(time.monotonic() - t_idle) / 60:4.1f} min, "
                       f"RSS {rss_mib(operator.pid):.0f} MiB", flush=True)  # fmt: skip
         idle = Requests.between(before, api_requests(cluster))
+        # Resync passes that ran (each reconciles every release once), as the operator counts.
+        idle_resyncs = max(1.0, (reconcile_count(operator) - reconciles_before) / n)
         rss = rss_mib(operator.pid)
         if soak_minutes:
             print(f"    soak: RSS {rss_before:.0f} → {rss:.0f} MiB "
@@ -294,7 +306,7 @@ def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: flo
         operator.stop()
     return Run(
         total, percentile(latencies, 0.5), percentile(latencies, 0.99), create, idle,
-        max(1, round(idle_seconds / resync)), rss, cpu, dry_runs, restart, restart_writes,
+        idle_resyncs, rss, cpu, dry_runs, restart, restart_writes,
         restart_dry_runs,
     )  # fmt: skip
 

@@ -13,18 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from devcluster.demo import build_filters
-from devcluster.install import install_filterrelease
 from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
-from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
-from localcluster.oci_publish import publish
+from tests.support.operator_bench import bench_cluster, reconciled
+from tests.support.polling import poll
 
 NS = "bench"
 
@@ -43,13 +38,6 @@ def release(i: int, url: str, configs: int) -> dict[str, Any]:
     }
 
 
-def reconciled(operator: OperatorProcess) -> set[str]:
-    """The releases this operator process has reconciled at least once."""
-    return set(
-        re.findall(r'filterrelease_reconcile_total\{[^}]*name="([^"]+)"', operator.metrics())
-    )
-
-
 def all_ready(cluster: LocalCluster, count: int) -> bool:
     out = cluster.kubectl("get", "frel", "-n", NS, "-o", "json").stdout
     items = json.loads(out)["items"]
@@ -61,47 +49,40 @@ def all_ready(cluster: LocalCluster, count: int) -> bool:
     return len(ready) == count
 
 
-def wait(what: str, check: Any, timeout: float) -> float:
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(what)
-        time.sleep(0.2)
-    return time.monotonic() - t0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--releases", type=int, default=40)
     parser.add_argument("--configs", type=int, default=4)
     args = parser.parse_args()
     n = args.releases
-    with tempfile.TemporaryDirectory(prefix="bench-restart-") as tmp:
-        workdir = Path(tmp)
-        with LocalCluster(workdir / "cluster", nodes=1) as cluster:
-            install_istio_crds(cluster, DEFAULT_ISTIO_VERSION)
-            kubeconfig = install_filterrelease(cluster)
-            wasm = build_filters()["security-headers"]
-            digest = publish(cluster.registry.host, "filters/security-headers", "v1", wasm)
-            url = f"oci://{cluster.registry.host}/filters/security-headers@{digest}"
-            cluster.kubectl("create", "namespace", NS)
-            operator = OperatorProcess(kubeconfig, workdir / "operator.log", resync_seconds=300)
+    with bench_cluster("bench-restart-") as bench:
+        cluster = bench.cluster
+        cluster.kubectl("create", "namespace", NS)
+        operator = OperatorProcess(
+            bench.kubeconfig, bench.workdir / "operator.log", resync_seconds=300
+        )
+        operator.start()
+        try:
+            items = [release(i, bench.url, args.configs) for i in range(n)]
+            document = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+            t0 = time.monotonic()
+            cluster.kubectl("apply", "-f", "-", input=document)
+            poll(lambda: all_ready(cluster, n), timeout=600, what="all Ready")
+            first = (time.monotonic() - t0, operator.metric("filterrelease_dry_runs_total"))
+            operator.kill()
+            t1 = time.monotonic()
             operator.start()
-            try:
-                items = [release(i, url, args.configs) for i in range(n)]
-                document = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
-                t0 = time.monotonic()
-                cluster.kubectl("apply", "-f", "-", input=document)
-                wait("all Ready", lambda: all_ready(cluster, n), 600)
-                first = (time.monotonic() - t0, operator.metric("filterrelease_dry_runs_total"))
-                operator.kill()
-                t1 = time.monotonic()
-                operator.start()
-                took = wait("every release reconciled", lambda: len(reconciled(operator)) >= n, 600)
-                again = time.monotonic() - t1
-                dry_runs = operator.metric("filterrelease_dry_runs_total")
-            finally:
-                operator.stop()
+            healthy = time.monotonic()
+            poll(
+                lambda: len(reconciled(operator)) >= n,
+                timeout=600,
+                what="every release reconciled",
+            )
+            took = time.monotonic() - healthy
+            again = time.monotonic() - t1
+            dry_runs = operator.metric("filterrelease_dry_runs_total")
+        finally:
+            operator.stop()
     print(f"\n{n} releases, {args.configs} distinct pluginConfigs of one module:")
     print(f"  first start: all Ready in {first[0]:.1f}s, {first[1]:.0f} dry runs")
     print(f"  restart: every release reconciled in {took:.1f}s after healthy "

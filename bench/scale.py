@@ -28,27 +28,23 @@ import json
 import os
 import re
 import statistics
-import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
 
-from devcluster.demo import build_filters
-from devcluster.install import install_filterrelease
 from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
-from localcluster.istio import DEFAULT_ISTIO_VERSION, install_istio_crds
-from localcluster.oci_publish import publish
+from tests.support.operator_bench import BenchCluster, bench_cluster, reconciled
+from tests.support.polling import poll
 
 GROUP, VERSION, PLURAL = "filterrelease.dev", "v1alpha1", "filterreleases"
-READS = {"GET", "LIST", "WATCH"}
-# Requests that are not the operator's: the benchmark applies the releases and watches them.
+READS = {"GET", "LIST"}
+# Writes that are not the operator's: the benchmark applies the releases.
 NOT_OURS = {("filterreleases", "")}
 # Leader election (one renewal per retry period) and kwok's node heartbeats: the same however
 # many releases there are.
@@ -105,13 +101,13 @@ class Requests:
     ) -> Requests:
         out = cls()
         for (verb, resource, sub), count in (after - before).items():
-            if resource in BACKGROUND or ((resource, sub) in NOT_OURS and verb not in READS):
+            # Watches are long-lived streams (every controller's, and the benchmark's own), not
+            # requests per release.
+            if verb == "WATCH" or resource in BACKGROUND:
                 continue
-            if (resource, sub) in NOT_OURS and verb in ("WATCH", "LIST"):
-                continue  # the benchmark's watch (the operator's own is older than `before`)
+            if (resource, sub) in NOT_OURS and verb not in READS:
+                continue
             kind = f"{verb} {resource}{'/' + sub if sub else ''}"
-            if verb == "WATCH":
-                continue  # long-lived streams (every controller's), not requests per release
             if verb in READS:
                 out.reads += count
                 out.reads_by_kind[kind] += count
@@ -148,12 +144,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def reconciled(operator: OperatorProcess) -> set[str]:
-    return set(
-        re.findall(r'filterrelease_reconcile_total\{[^}]*name="([^"]+)"', operator.metrics())
-    )
-
-
 def reconcile_count(operator: OperatorProcess) -> float:
     """Reconciles the operator ran so far, all releases together."""
     return sum(
@@ -161,15 +151,6 @@ def reconcile_count(operator: OperatorProcess) -> float:
         for line in operator.metrics().splitlines()
         if line.startswith("filterrelease_reconcile_total{")
     )
-
-
-def wait(what: str, check: Callable[[], bool], timeout: float) -> float:
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > timeout:
-            raise TimeoutError(what)
-        time.sleep(0.2)
-    return time.monotonic() - t0
 
 
 class ReadyWatch:
@@ -227,27 +208,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-@dataclass(frozen=True)
-class Setup:
-    """The cluster every run shares, and how the operator runs on it."""
-
-    cluster: LocalCluster
-    kubeconfig: Path
-    workdir: Path
-    url: str
-    resync: float
-
-
-def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: float = 0) -> Run:
-    cluster, kubeconfig, workdir, url, resync = (
-        setup.cluster, setup.kubeconfig, setup.workdir, setup.url, setup.resync
-    )  # fmt: skip
+def one_run(
+    bench: BenchCluster,
+    resync: float,
+    n: int,
+    *,
+    distinct: bool,
+    tag: str,
+    soak_minutes: float = 0,
+) -> Run:
+    cluster = bench.cluster
     namespace = f"scale-{tag}"
     cluster.kubectl("create", "namespace", namespace)
     # Only this namespace: leftovers of earlier runs (being deleted) are not this run's work.
     operator = OperatorProcess(
-        kubeconfig,
-        workdir / f"operator-{tag}.log",
+        bench.kubeconfig,
+        bench.workdir / f"operator-{tag}.log",
         resync_seconds=resync,
         extra_env={"FILTERRELEASE_NAMESPACES": namespace},
     )
@@ -255,13 +231,13 @@ def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: flo
     watcher = ReadyWatch(cluster.admin_kubeconfig, namespace)
     try:
         assert operator.pid is not None
-        items = [release(namespace, i, url, distinct) for i in range(n)]
+        items = [release(namespace, i, bench.url, distinct) for i in range(n)]
         document = json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
         before = api_requests(cluster)
         cpu0 = cpu_seconds(operator.pid)
         t0 = time.monotonic()
         cluster.kubectl("apply", "--server-side", "-f", "-", input=document)
-        wait(f"{n} releases Ready", lambda: watcher.count() >= n, 1800)
+        poll(lambda: watcher.count() >= n, timeout=1800, what=f"{n} releases Ready")
         total = time.monotonic() - t0
         latencies = [at - t0 for at in watcher.ready.values()]
         settle(cluster)
@@ -294,7 +270,7 @@ def one_run(setup: Setup, n: int, *, distinct: bool, tag: str, soak_minutes: flo
         before = api_requests(cluster)
         t1 = time.monotonic()
         operator.start()
-        wait("every release reconciled", lambda: len(reconciled(operator)) >= n, 900)
+        poll(lambda: len(reconciled(operator)) >= n, timeout=900, what="every release reconciled")
         restart = time.monotonic() - t1
         settle(cluster)
         restart_writes = Requests.between(before, api_requests(cluster))
@@ -362,32 +338,29 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     mixes = {"both": [False, True], "shared": [False], "distinct": [True]}[args.mix]
-    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-        workdir = Path(tmp)
-        with LocalCluster(workdir / "cluster", nodes=1) as cluster:
-            install_istio_crds(cluster, DEFAULT_ISTIO_VERSION)
-            kubeconfig = install_filterrelease(cluster)
-            wasm = build_filters()["security-headers"]
-            digest = publish(cluster.registry.host, "filters/security-headers", "v1", wasm)
-            url = f"oci://{cluster.registry.host}/filters/security-headers@{digest}"
-            setup = Setup(cluster, kubeconfig, workdir, url, args.resync)
-            if args.soak_minutes:
-                n = max(sizes)
-                print(f"soak: {n} releases, {args.soak_minutes:g} min of resyncs every "
-                      f"{args.resync:g} s", flush=True)  # fmt: skip
-                run = one_run(
-                    setup, n, distinct=mixes[-1], tag="soak", soak_minutes=args.soak_minutes
-                )
-                report(n, mixes[-1], [run])
-                return
-            for n in sizes:
-                for distinct in mixes:
-                    runs = []
-                    for k in range(args.runs):
-                        tag = f"{n}-{'d' if distinct else 's'}-{k}"
-                        print(f"run {tag} …", flush=True)
-                        runs.append(one_run(setup, n, distinct=distinct, tag=tag))
-                    report(n, distinct, runs)
+    with bench_cluster("bench-scale-") as bench:
+        if args.soak_minutes:
+            n = max(sizes)
+            print(f"soak: {n} releases, {args.soak_minutes:g} min of resyncs every "
+                  f"{args.resync:g} s", flush=True)  # fmt: skip
+            run = one_run(
+                bench,
+                args.resync,
+                n,
+                distinct=mixes[-1],
+                tag="soak",
+                soak_minutes=args.soak_minutes,
+            )
+            report(n, mixes[-1], [run])
+            return
+        for n in sizes:
+            for distinct in mixes:
+                runs = []
+                for k in range(args.runs):
+                    tag = f"{n}-{'d' if distinct else 's'}-{k}"
+                    print(f"run {tag} …", flush=True)
+                    runs.append(one_run(bench, args.resync, n, distinct=distinct, tag=tag))
+                report(n, distinct, runs)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from filterrelease.core.render import (
     stable_plugin_name,
 )
 from filterrelease.core.requests import REQUEST_ANNOTATION
+from filterrelease.core.undo import active_undo
 from filterrelease.core.rollout import decide, needs
 from filterrelease.core.rollout_state import FLAGGER_PHASE
 from filterrelease.core.spec import (
@@ -417,9 +418,13 @@ def _confirmed(
 ) -> bool:
     """Every proxy confirmed the version a steady release asks for: a resync lists no pod and
     reads no proxy for it (a canary lists its pods anyway)."""
-    if not isinstance(module, VerifiedModule) or status.proxies is None:
+    if status.proxies is None or status.proxies.confirmed_at is None:
         return False
-    if status.proxies.confirmed_at is None:
+    undone = active_undo(status, release.generation)
+    if undone is not None:
+        # An undo in force: the proxies run the version it went back to, not the spec's.
+        return status.proxies.target == layout_key(undone.config_hash)
+    if not isinstance(module, VerifiedModule):
         return False
     desired = module_version(spec, release.generation, module).config_hash
     return status.proxies.target == layout_key(desired)

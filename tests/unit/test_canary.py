@@ -432,7 +432,8 @@ def test_a_pod_created_mid_rollout_is_labelled_and_counted_in_the_weight() -> No
 EVENTS = st.lists(
     st.sampled_from(
         ["tick", "tick", "tick", "long", "create", "delete", "crash", "fail", "error", "heal",
-         "promote", "abort", "pause", "resume", "retry", "promote-full", "v3"]
+         "promote", "abort", "pause", "resume", "retry", "promote-full", "v3", "undo",
+         "undo:1"]
     ),
     min_size=5,
     max_size=80,
@@ -461,7 +462,16 @@ def test_every_pod_has_exactly_one_version_through_any_rollout(
             world.analysis_phase = world.fast_fail_phase = MeasurementPhase.ERROR
         elif event == "heal":
             world.analysis_phase = world.fast_fail_phase = MeasurementPhase.SUCCESSFUL
-        elif event in ("promote", "abort", "pause", "resume", "retry", "promote-full"):
+        elif event in (
+            "promote",
+            "abort",
+            "pause",
+            "resume",
+            "retry",
+            "promote-full",
+            "undo",
+            "undo:1",
+        ):
             world.request = event
         elif event == "v3":
             world.release("v3")

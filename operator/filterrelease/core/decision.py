@@ -198,24 +198,50 @@ def with_tracks(status: FilterReleaseStatus, layout: Layout) -> FilterReleaseSta
     )
 
 
+def history_limit(obs: Observation) -> int:
+    """How many good versions the history keeps whole (spec.revisionHistoryLimit)."""
+    return obs.spec.revision_history_limit if isinstance(obs.spec, FilterReleaseSpec) else 5
+
+
+# Outcomes of a version that ran well on the proxies: what an undo may go back to.
+GOOD_OUTCOMES = frozenset({"Released", "Promoted", "Undone"})
+
+
 def remember(
     history: tuple[HistoryEntry, ...],
     version: ModuleVersion,
     outcome: str,
     now: datetime,
     reason: str | None = None,
+    *,
+    keep: int,
 ) -> tuple[HistoryEntry, ...]:
+    """history with a new newest entry, numbered after the last one. The newest `keep` good
+    versions keep their WasmPlugin content (for undo); the rest are trimmed to their names."""
     top = history[0] if history else None
     if top and top.config_hash == version.config_hash and top.outcome == outcome:
         return history
     entry = HistoryEntry(
+        revision=max((h.revision or 0 for h in history), default=0) + 1,
         version=version.version,
         config_hash=version.config_hash,
         outcome=outcome,
         at=timestamp(now),
         reason=reason,
+        content=version.content if outcome in GOOD_OUTCOMES else None,
     )
-    return (entry, *history)[:HISTORY_LIMIT]
+    kept: list[HistoryEntry] = []
+    whole = 0
+    for i, old in enumerate((entry, *history)):
+        item = old
+        if item.content is not None:
+            whole += 1
+            if whole > keep:
+                item = item.model_copy(update={"content": None})
+        # Entries that still carry content outlive the length limit: undo needs them.
+        if i < HISTORY_LIMIT or item.content is not None:
+            kept.append(item)
+    return tuple(kept)
 
 
 def event_actions(

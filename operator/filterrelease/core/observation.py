@@ -27,8 +27,14 @@ from filterrelease.core.render import (
     stable_plugin_name,
 )
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
-from filterrelease.core.status import FilterReleaseStatus, ModuleVersion, RolloutStatus
+from filterrelease.core.status import (
+    FilterReleaseStatus,
+    ModuleVersion,
+    RolloutStatus,
+    UndoStatus,
+)
 from filterrelease.core.tracks import CANARY, track_label
+from filterrelease.core.undo import active_undo
 
 
 class Observation(BaseModel):
@@ -71,6 +77,8 @@ class Context(BaseModel):
     layout: Layout  # what is live
     target: Target  # where the layout should go for the recorded rollout
     converged: bool  # the layout is the target: the layout planner has nothing to do
+    # A person's undo in force: `desired` is the version it went back to, not the spec's.
+    undone: UndoStatus | None = None
 
     @property
     def canary_pods(self) -> int:
@@ -80,10 +88,25 @@ class Context(BaseModel):
 def derive(obs: Observation) -> Context | None:
     """The context of one observation; None when there is nothing to release (an invalid spec,
     or a module pre-flight did not verify)."""
-    if isinstance(obs.spec, SpecError) or not isinstance(obs.module, VerifiedModule):
+    if isinstance(obs.spec, SpecError):
+        return None
+    undone = active_undo(obs.status, obs.release.generation)
+    stable = last_good(obs)
+    if undone is not None and stable is not None and stable.config_hash == undone.config_hash:
+        # The spec's own version (and its module's pre-flight) does not matter until it changes.
+        layout = observed_layout(obs)
+        target = Target(stable=stable.config_hash)
+        return Context(
+            desired=stable,
+            stable=stable,
+            layout=layout,
+            target=target,
+            converged=not plan(layout, target),
+            undone=undone,
+        )
+    if not isinstance(obs.module, VerifiedModule):
         return None
     desired = module_version(obs.spec, obs.release.generation, obs.module)
-    stable = last_good(obs)
     layout = observed_layout(obs)
     canary = obs.spec.canary
     if canary is None or stable is None or stable.config_hash == desired.config_hash:

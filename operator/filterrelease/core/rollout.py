@@ -28,6 +28,7 @@ from filterrelease.core.confirmation import (
 from filterrelease.core.decision import (
     Decision,
     event_actions,
+    history_limit,
     remember,
     shown,
     state_after,
@@ -48,6 +49,7 @@ from filterrelease.core.rollout_state import PHASE, Reason, Requeue, RolloutStat
 from filterrelease.core.spec import Canary, FilterReleaseSpec, SpecError
 from filterrelease.core.status import FilterReleaseStatus, ModuleVersion, RolloutStatus
 from filterrelease.core.timestamps import parse_timestamp, seconds_since, timestamp
+from filterrelease.core.undo import active_undo, is_undo, undo_status, undo_target, undone_version
 
 
 def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
@@ -58,6 +60,9 @@ def _owned_by(plugin: dict[str, Any], release: ReleaseRef) -> bool:
 def decide(obs: Observation, ctx: Context | None = None) -> Decision:
     """What to do about one FilterRelease, given what was observed (and the context derived
     from it, if the caller derived it already for needs())."""
+    if obs.status.undone is not None and active_undo(obs.status, obs.release.generation) is None:
+        # The spec changed since the undo: it is over, and the spec is followed again.
+        obs = obs.model_copy(update={"status": obs.status.model_copy(update={"undone": None})})
     if isinstance(obs.spec, SpecError):
         # Nothing is changed on the cluster: a rollout in progress holds where it is.
         return degraded(obs, Trigger.SPEC_INVALID, f"invalid spec: {obs.spec.message}")
@@ -72,6 +77,12 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
                 "FilterRelease; rename the release or delete that WasmPlugin to let it take over",
             )
 
+    if is_undo(obs.request):
+        return _undo(obs)
+    ctx = derive(obs) if ctx is None else ctx
+    if ctx is not None and ctx.undone is not None:
+        return _direct(obs, ctx, check_proxies(obs, ctx))
+
     module = obs.module
     if module is None:
         raise ValueError("a valid spec is decided on with the module pre-flight's verdict")
@@ -83,7 +94,6 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
             obs, Trigger.MODULE_REJECTED, problem + module.message, module_reason=module.reason
         )
 
-    ctx = derive(obs) if ctx is None else ctx
     if ctx is None:
         raise ValueError("a valid spec with a verified module has a context")
     verified = with_module_condition(
@@ -94,6 +104,77 @@ def decide(obs: Observation, ctx: Context | None = None) -> Decision:
     if ctx.rollout is None:
         return _direct(obs, ctx, check)
     return _rollout(obs, ctx, check)
+
+
+def _undo(obs: Observation) -> Decision:
+    """A request to undo: every proxy back to an earlier good version at once (core/undo.py)."""
+    request = obs.request or ""
+    entry = undo_target(obs.status, request)
+    asked = obs.model_copy(update={"request": None})
+    if isinstance(entry, str):
+        plain = decide(asked)
+        refused = EmitEvent(
+            type="Warning", reason=Reason.REQUEST_IGNORED, message=f"{request} refused: {entry}"
+        )
+        return plain.model_copy(
+            update={"actions": (*plain.actions, ConsumeRequest(request=request), refused)}
+        )
+    version = undone_version(entry)
+    why = f"undo to revision {entry.revision} by request"
+    history = remember(obs.status.history, version, "Undone", obs.now, why, keep=history_limit(obs))
+    status = obs.status.model_copy(
+        update={
+            "undone": undo_status(entry, obs.release.generation, obs.now),
+            "stable": version,
+            "canary": None,
+            "rollout": None,
+            "history": history,
+        }
+    )
+    undoing = asked.model_copy(update={"status": status})
+    ctx = derive(undoing)
+    if ctx is None:
+        raise ValueError("an undo to a version with content has a context")
+    decision = _direct(undoing, ctx, check_proxies(undoing, ctx))
+    event = EmitEvent(
+        type="Normal",
+        reason=Reason.UNDONE,
+        message=f"{why}: every selected proxy goes back to {shown(version)} at once, "
+        "skipping the canary; the release reads UndoneFromSpec until the spec changes",
+    )
+    return decision.model_copy(
+        update={"actions": (*decision.actions, ConsumeRequest(request=request), event)}
+    )
+
+
+def _undone_reading(
+    obs: Observation, ctx: Context, check: ProxyCheck, *, settled: bool
+) -> tuple[str, list[Action]]:
+    """How an undo in force reads: the message, and the Event once every proxy runs it."""
+    undone = ctx.undone
+    if undone is None:
+        raise ValueError("only an undo in force reads so")
+    head = f"undone to revision {undone.revision}: "
+    tail = (
+        "; the spec asks for another version: change it (to this version, or a fixed one) to "
+        "end the undo"
+    )
+    if not settled:
+        waiting = check.timed_out or check.failed or check.waiting or "the proxies"
+        return f"{head}moving every selected proxy to {shown(ctx.desired)}: {waiting}{tail}", []
+    message = f"{head}every selected proxy runs {shown(ctx.desired)}{tail}"
+    events: list[Action] = []
+    if obs.status.message != message:
+        took = seconds_since(undone.at, obs.now)
+        events.append(
+            EmitEvent(
+                type="Normal",
+                reason=Reason.UNDONE,
+                message=f"every selected proxy runs revision {undone.revision} "
+                f"({shown(ctx.desired)}), {took:.1f}s after the undo",
+            )
+        )
+    return message, events
 
 
 def _held(ctx: Context, actions: list[Action], check: ProxyCheck) -> bool:
@@ -127,6 +208,11 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
     name = stable_plugin_name(obs.release)
     writes = [a for a in actions if isinstance(a, ApplyWasmPlugin)]
     trigger = _direct_trigger(obs, actions, check, held=held)
+    undone_events: list[Action] = []
+    settled = False
+    if ctx.undone is not None:
+        settled = trigger in (Trigger.WRITE, Trigger.IN_SYNC)
+        trigger = Trigger.UNDONE
     state = state_after(obs, trigger, obs.status.rollout)
     released = trigger in (Trigger.WRITE, Trigger.IN_SYNC)
     message = f"WasmPlugin {name} carries version {shown(desired)} to every selected proxy"
@@ -138,11 +224,13 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
     elif trigger is Trigger.NOT_CONVERGED:
         why = f"module not loaded: {check.failed}" if check.failed else check.timed_out
         message = f"version {shown(desired)} is not running on every selected proxy: {why}"
+    elif trigger is Trigger.UNDONE:
+        message, undone_events = _undone_reading(obs, ctx, check, settled=settled)
     status = with_conditions(
         obs,
         ready=released,
-        progressing=trigger is Trigger.CONVERGING,
-        degraded=trigger is Trigger.NOT_CONVERGED,
+        progressing=trigger is Trigger.CONVERGING or (trigger is Trigger.UNDONE and not settled),
+        degraded=trigger in (Trigger.NOT_CONVERGED, Trigger.UNDONE),
         reason="Released" if released else trigger.value,
         message=message,
     )
@@ -163,7 +251,9 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
         # nothing to ask, that was written and read back) is the last known good one.
         update["stable"] = desired
         if not finished:
-            update["history"] = remember(obs.status.history, desired, "Released", obs.now)
+            update["history"] = remember(
+                obs.status.history, desired, "Released", obs.now, keep=history_limit(obs)
+            )
     if writes:
         update["last_applied_time"] = timestamp(obs.now)
     status = with_metrics_condition(with_tracks(status.model_copy(update=update), after), obs, None)
@@ -179,20 +269,24 @@ def _direct(obs: Observation, ctx: Context, check: ProxyCheck) -> Decision:
                 "to every selected proxy",
             )
         )
+    events += undone_events
     if obs.request is not None:
         # Nothing to promote, abort or pause: say so once and clear the request.
+        why = "no canary rollout is in progress"
+        if ctx.undone is not None:
+            why = f"the release is undone to revision {ctx.undone.revision} until the spec changes"
         actions.append(ConsumeRequest(request=obs.request))
         events.append(
             EmitEvent(
                 type="Warning",
                 reason=Reason.REQUEST_IGNORED,
-                message=f"request {obs.request!r} ignored: no canary rollout is in progress",
+                message=f"request {obs.request!r} ignored: {why}",
             )
         )
     # Unwinding a split takes more than one decision (a batch of one kind of change at a time,
     # and widening waits for the canary plugin's deletion to be observed): come back soon.
     requeue: float | None = Requeue.UNWIND if actions and plan(after, ctx.target) else None
-    if not released:
+    if not released and not (trigger is Trigger.UNDONE and settled):
         # Not every proxy confirmed: look again (soon while they converge, seldom once they
         # are late); just written, the layout is read back first.
         look = next_look(check) or Requeue.UNWIND
@@ -339,7 +433,14 @@ def _rolled_back(
                 f"{took:.1f}s after the decision to roll back: {rollout.aborted}",
             )
         )
-    history = remember(obs.status.history, desired, "RolledBack", obs.now, rollout.aborted)
+    history = remember(
+        obs.status.history,
+        desired,
+        "RolledBack",
+        obs.now,
+        rollout.aborted,
+        keep=history_limit(obs),
+    )
     return _Summary(
         trigger=Trigger.ROLLED_BACK,
         message=message,
@@ -371,7 +472,9 @@ def _promoted(
             "stable": desired,
             "applied": desired,
             "canary": None,
-            "history": remember(obs.status.history, desired, "Promoted", obs.now),
+            "history": remember(
+                obs.status.history, desired, "Promoted", obs.now, keep=history_limit(obs)
+            ),
         },
     )
 

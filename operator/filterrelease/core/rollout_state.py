@@ -51,6 +51,9 @@ class Trigger(StrEnum):
     PROMOTED = "Promoted"  # the new version is the stable one everywhere
     ROLLING_BACK = "RollingBack"  # the canary failed: every pod goes back to the stable version
     ROLLED_BACK = "RolledBack"  # every pod is back; stays so until the spec changes
+    # A person moved every proxy back to an earlier good version (request undo): it runs that,
+    # not what the spec asks for, until the spec changes.
+    UNDONE = "UndoneFromSpec"
 
 
 class PauseReason(StrEnum):
@@ -76,6 +79,7 @@ class Reason(StrEnum):
     ROLLING_BACK = "RollingBack"
     ROLLED_BACK = "RolledBack"
     RETRYING = "Retrying"
+    UNDONE = "Undone"
     REQUEST_IGNORED = "RequestIgnored"
     CREATED = "Created"
     UPDATED = "Updated"
@@ -112,6 +116,7 @@ class RolloutState(StrEnum):
     PROMOTING = "Promoting"  # the new version goes to every pod
     ROLLING_BACK = "RollingBack"  # every pod goes back to the stable version
     ROLLED_BACK = "RolledBack"  # every pod is back; stays so until the spec changes or a retry
+    UNDONE = "Undone"  # moved back to an earlier version by request; until the spec changes
 
 
 _S = RolloutState  # the table below reads better short
@@ -132,6 +137,8 @@ PHASE: dict[RolloutState, Phase] = {
     _S.PROMOTING: Phase.PROGRESSING,
     _S.ROLLING_BACK: Phase.DEGRADED,
     _S.ROLLED_BACK: Phase.DEGRADED,
+    # What runs is not what the spec asks for: a drift a person must see (Argo CD shows it).
+    _S.UNDONE: Phase.DEGRADED,
 }
 _PAUSED: dict[str, RolloutState] = {
     PauseReason.PAUSE_STEP: _S.PAUSED_STEP,
@@ -156,6 +163,7 @@ _LEADS_TO: dict[Trigger, RolloutState] = {
     Trigger.PROMOTED: _S.STEADY,
     Trigger.ROLLING_BACK: _S.ROLLING_BACK,
     Trigger.ROLLED_BACK: _S.ROLLED_BACK,
+    Trigger.UNDONE: _S.UNDONE,
 }
 
 # --- the table ------------------------------------------------------------------------------
@@ -210,6 +218,8 @@ MOVES: dict[Trigger, tuple[frozenset[RolloutState], frozenset[RolloutState]]] = 
         _STARTING | _RUNNING | _INTERRUPTED | {_S.ROLLING_BACK, _S.ROLLED_BACK},
         frozenset({_S.ROLLED_BACK}),
     ),
+    # The escape hatch during an incident: from anywhere, every proxy back at once.
+    Trigger.UNDONE: (_ANY, frozenset({_S.UNDONE})),
 }
 TRANSITIONS: dict[tuple[RolloutState, Trigger], frozenset[RolloutState]] = {
     (state, trigger): to for trigger, (legal_in, to) in MOVES.items() for state in legal_in

@@ -205,6 +205,8 @@ class FilterReleaseSpec(_Model):
     progress_deadline_seconds: int = Field(default=600, ge=10, le=86400)
     proxy_confirmation: ProxyConfirmation = ProxyConfirmation()
     strategy: Strategy | None = None
+    # How many good versions status.history keeps whole, for undo.
+    revision_history_limit: int = Field(default=5, ge=1, le=10)
 
     @model_validator(mode="after")
     def _one_target(self) -> FilterReleaseSpec:

@@ -87,11 +87,28 @@ class RolloutStatus(_Model):
 class HistoryEntry(_Model):
     """One version that reached the proxies, newest first in status.history."""
 
+    # Numbered in the order they reached the proxies: what `undo:N` names. None only in
+    # entries an operator version before undo wrote.
+    revision: int | None = None
     version: str
     config_hash: str
-    outcome: str  # Released, Promoted, RolledBack
+    outcome: str  # Released, Promoted, RolledBack, Undone
     at: str
     reason: str | None = None
+    # The complete WasmPlugin spec, on the newest spec.revisionHistoryLimit good versions
+    # only: what an undo puts back, exactly.
+    content: dict[str, Any] | None = None
+
+
+class UndoStatus(_Model):
+    """Every proxy was moved back to an earlier good version by request: it runs that, not what
+    the spec asks for, until the spec changes (Git stays the source of truth)."""
+
+    revision: int  # the history revision it went back to
+    version: str
+    config_hash: str
+    generation: int  # the spec's generation when it was asked: a new one ends the undo
+    at: str
 
 
 class LaggingProxy(_Model):
@@ -141,6 +158,7 @@ class FilterReleaseStatus(_Model):
     canary_pods: tuple[str, ...] | None = None
     stable_pods: tuple[str, ...] | None = None
     history: tuple[HistoryEntry, ...] = ()
+    undone: UndoStatus | None = None
     # The last pre-flight resolution: a tag stays pinned to this digest until the spec changes.
     module: VerifiedModule | None = None
     wasm_plugins: tuple[str, ...] = ()

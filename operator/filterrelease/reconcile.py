@@ -40,7 +40,6 @@ from filterrelease.core.render import (
     stable_plugin_name,
 )
 from filterrelease.core.requests import REQUEST_ANNOTATION
-from filterrelease.core.undo import active_undo
 from filterrelease.core.rollout import decide, needs
 from filterrelease.core.rollout_state import FLAGGER_PHASE
 from filterrelease.core.spec import (
@@ -53,6 +52,7 @@ from filterrelease.core.spec import (
 from filterrelease.core.status import FilterReleaseStatus, merge_patch
 from filterrelease.core.timestamps import parse_timestamp
 from filterrelease.core.tracks import CANARY, track_label
+from filterrelease.core.undo import active_undo
 from filterrelease.hooks import Notifier, gate
 from filterrelease.kube.api import KubeError
 from filterrelease.ports import GateKeeper, Measurer, ModuleVerifier, ProxyReader, ReleaseCluster
@@ -124,7 +124,7 @@ class Reconciler:
                 try:
                     return await self._reconcile(namespace, name)
                 except KubeError:
-                    self._metrics.reconcile_errors.inc()
+                    self._metrics.reconcile_errors.labels(namespace, name).inc()
                     raise
 
     def forget(self, namespace: str, name: str) -> None:
@@ -170,7 +170,7 @@ class Reconciler:
                 for m in r.measurements}  # fmt: skip
         for key, measurement in new.items():
             if key not in seen:
-                self._metrics.measurements.labels(measurement.phase.value).inc()
+                self._metrics.record_measurement(namespace, name, measurement)
 
     async def _observe(self, body: dict[str, Any]) -> Observation:
         meta = body["metadata"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from filterrelease.core.analysis import Measurement
 from filterrelease.core.rollout_state import Phase
 from filterrelease.core.status import ProxiesStatus
 
@@ -22,7 +23,8 @@ class Metrics:
         )
         self.reconcile_errors = Counter(
             "filterrelease_reconcile_errors_total",
-            "Reconciles that failed on an API error and will be retried.",
+            "Reconciles of each FilterRelease that failed on an API error and will be retried.",
+            ["namespace", "name"],
             registry=self.registry,
         )
         self.reconcile_seconds = Histogram(
@@ -98,8 +100,17 @@ class Metrics:
         )
         self.measurements = Counter(
             "filterrelease_analysis_measurements_total",
-            "Analysis measurements taken, by phase (Successful, Failed, Inconclusive, Error).",
-            ["phase"],
+            "Analysis measurements taken for each release and metric, by phase (Successful, "
+            "Failed, Inconclusive, Error).",
+            ["namespace", "name", "metric", "phase"],
+            registry=self.registry,
+        )
+        self.measured = Gauge(
+            "filterrelease_analysis_value",
+            "The last value each release's analysis metric measured, on the canary pods "
+            "(track=canary) and on the stable pods (track=stable, where the provider measures "
+            "them): what a canary-vs-stable panel plots.",
+            ["namespace", "name", "metric", "track"],
             registry=self.registry,
         )
 
@@ -142,31 +153,41 @@ class Metrics:
         for p in Phase:
             self.phase.labels(namespace, name, p.value).set(1 if p == phase else 0)
 
+    def record_measurement(self, namespace: str, name: str, measurement: Measurement) -> None:
+        """Count one new measurement and keep its values as the metric's last ones."""
+        metric = measurement.metric
+        self.measurements.labels(namespace, name, metric, measurement.phase.value).inc()
+        for track, value in (("canary", measurement.value), ("stable", measurement.baseline)):
+            if value is not None:
+                self.measured.labels(namespace, name, metric, track).set(value)
+
     def forget(self, namespace: str, name: str) -> None:
-        for p in Phase:
-            self.phase.remove(namespace, name, p.value)
-        triggers = {
-            sample.labels["trigger"]
-            for family in self.reconciles.collect()
-            for sample in family.samples
-            if (sample.labels.get("namespace"), sample.labels.get("name")) == (namespace, name)
-        }
-        for trigger in triggers:
-            self.reconciles.remove(namespace, name, trigger)
-        for state in PROXY_STATES:
-            if (namespace, name, state) in {
-                (s.labels.get("namespace"), s.labels.get("name"), s.labels.get("state"))
-                for family in self.proxies.collect()
-                for s in family.samples
-            }:
-                self.proxies.remove(namespace, name, state)
-        for gauge in (self.canary_weight, self.rollout_step):
-            if (namespace, name) in {
-                (s.labels.get("namespace"), s.labels.get("name"))
-                for family in gauge.collect()
-                for s in family.samples
-            }:
-                gauge.remove(namespace, name)
+        """Drop every series of a deleted release."""
+        for family in (
+            self.phase,
+            self.reconciles,
+            self.reconcile_errors,
+            self.proxies,
+            self.canary_weight,
+            self.rollout_step,
+            self.rollouts,
+            self.measurements,
+            self.measured,
+        ):
+            _remove_release(family, namespace, name)
 
     def serve(self, address: str, port: int) -> None:
         start_http_server(port, addr=address, registry=self.registry)
+
+
+def _remove_release(family: Counter | Gauge, namespace: str, name: str) -> None:
+    """Remove every series of one release from a family labelled namespace, name, ...."""
+    names = family._labelnames  # prometheus_client has no public accessor
+    found = {
+        tuple(sample.labels[n] for n in names)
+        for collected in family.collect()
+        for sample in collected.samples
+        if sample.labels.get("namespace") == namespace and sample.labels.get("name") == name
+    }
+    for values in found:
+        family.remove(*values)

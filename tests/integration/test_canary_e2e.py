@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from localcluster.mesh import meshed_deployment
 from localcluster.oci_publish import publish
+from localcluster.prometheus import Prometheus
+from tests.integration.conftest import REPO_ROOT
 from tests.support.canary import (
     ANALYSIS,
     NS,
@@ -382,3 +385,92 @@ def test_waves_roll_one_workload_out_after_the_other(mesh: Mesh) -> None:
     assert len(cart) == 2
     assert len(checkout) == 2
     assert min(cart) < min(checkout), first_v2
+
+
+GRAFANA = REPO_ROOT / "deploy" / "dashboards" / "filterrelease-rollouts.json"
+LONG_ANALYSIS: dict[str, Any] = {
+    "metrics": [
+        # Measured for as long as the test needs: the analysis is still running when the
+        # panel is read, so the values it shows are the ones the status shows.
+        {**ANALYSIS["metrics"][0], "interval": "2s", "count": 200, "inconclusiveLimit": 200},
+    ]
+}
+
+
+def panel_queries(title: str) -> list[str]:
+    dashboard = json.loads(GRAFANA.read_text())
+    panel = next(p for p in dashboard["panels"] if p["title"] == title)
+    return [
+        t["expr"].replace("$namespace", NS).replace("$release", RELEASE) for t in panel["targets"]
+    ]
+
+
+def kept_values(current: dict[str, Any], metric: str) -> tuple[set[float], set[float]]:
+    """The canary and stable values of a metric's measurements the status keeps."""
+    results = (current.get("rollout") or {}).get("analysis", [])
+    kept: list[dict[str, Any]] = next(
+        (r.get("measurements", []) for r in results if r["name"] == metric), []
+    )
+    return (
+        {m["value"] for m in kept if "value" in m},
+        {m["baseline"] for m in kept if "baseline" in m},
+    )
+
+
+def test_canary_and_stable_values_are_exported_and_undo_puts_back_v1_at_once(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    install_v1(mesh)
+    metric: str = LONG_ANALYSIS["metrics"][0]["name"]
+    with Traffic(mesh) as traffic:
+        release(mesh, "security-headers", {"version": "v2"},
+                steps=[{"setWeight": 50}, {"analysis": LONG_ANALYSIS}])  # fmt: skip
+        poll(lambda: all(kept_values(status(mesh), metric)) or None, timeout=120,
+             what="measurements of canary and stable", on_timeout=lambda: brief(mesh))  # fmt: skip
+
+        # A real Prometheus scrapes the operator, and the Grafana panel's own queries find
+        # each metric's canary and stable series, with values the status shows.
+        targets = tmp_path / "operator-targets.json"
+        targets.write_text(json.dumps([{"targets": [f"127.0.0.1:{mesh.operator.metrics_port}"]}]))
+        with Prometheus(tmp_path / "prometheus", targets, metrics_path="/metrics") as prom:
+            prom.wait_for_targets(1, timeout=60)
+            canary_q, stable_q = panel_queries("Canary vs stable: each metric's last measurement")
+
+            def panel_matches_status() -> bool:
+                canary = {s.labels["metric"]: s.value for s in prom.query(canary_q)}
+                stable = {s.labels["metric"]: s.value for s in prom.query(stable_q)}
+                values, baselines = kept_values(status(mesh), metric)
+                return canary.get(metric) in values and stable.get(metric) in baselines
+
+            poll(panel_matches_status, timeout=60, what="the panel's series match the status")
+            for query in panel_queries("Analysis measurements"):
+                assert prom.query(query), query
+
+        # Undo during the canary: every proxy back on v1 at once, no step, no analysis.
+        t0 = time.monotonic()
+        mesh.cluster.kubectl("annotate", "frel", RELEASE, "-n", NS,
+                             "filterrelease.dev/request=undo")  # fmt: skip
+        poll(lambda: lately_all_on(traffic, "v1", seconds=1) or None, timeout=60,
+             what="every response back on v1")  # fmt: skip
+        took = time.monotonic() - t0
+        print(f"\nundo: every response on v1 {took:.1f}s after the request")
+        samples = traffic.since(t0)
+    mixed = [s for s in samples if s[2] != 200 or len(versions_of(s[3])) != 1]
+    assert not mixed, explain(mesh, mixed)
+    final = poll(
+        lambda: ((s := status(mesh)).get("undone") and "every selected proxy runs" in s["message"]
+        and s) or None,
+        timeout=60, what="the undo confirmed by the proxies", on_timeout=lambda: brief(mesh),
+    )  # fmt: skip
+    assert final["phase"] == "Degraded"
+    ready = next(c for c in final["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "UndoneFromSpec")
+    assert final["undone"]["revision"] == 1
+    assert final["history"][0]["outcome"] == "Undone"
+    assert "split" not in final
+    assert len(events(mesh, "Undone")) == 2  # asked for, then confirmed by every proxy
+    # A new spec ends the undo, and its canary starts from v1.
+    release(mesh, "security-headers", {"version": "v3"}, steps=[{"setWeight": 50}, {"pause": {}}])
+    paused = wait_phase(mesh, "Paused")
+    assert "undone" not in paused
+    assert paused["stable"]["pluginConfig"] == {"version": "v1"}

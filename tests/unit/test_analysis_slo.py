@@ -96,3 +96,21 @@ def test_judge(
     assert reading.value == pytest.approx(value)
     for word in words:
         assert word in reading.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "stable", "baseline"),
+    [
+        (RATE, t(400, 2), 99.5),  # the stable pods' success rate, beside the canary's
+        (P99, t(400, 0, p99=12.0), 12.0),  # their p99
+        ({"minRequests": 10}, t(400), 400),  # their request count
+        (RATE, t(0), None),  # stable pods that served nothing have no baseline
+        (RATE, None, None),  # nor does a canary at 100 % weight
+    ],
+)
+def test_the_stable_pods_value_is_kept_as_the_baseline_whatever_the_bounds(
+    raw: dict[str, Any], stable: Traffic | None, baseline: float | None
+) -> None:
+    reading = judge(istio(**raw), t(200, 1, p99=20.0), stable, MIN)
+    assert reading.baseline == baseline
+    assert reading.phase is S  # no relative bound: the baseline is shown, never judged

@@ -26,7 +26,7 @@ from filterrelease.core.analysis import MeasurementPhase, MetricResult
 from filterrelease.core.analysis_spec import Metric
 from filterrelease.core.decision import Decision
 from filterrelease.core.hooks import GateResult, HookType
-from filterrelease.core.module import VerifiedModule
+from filterrelease.core.module import ModuleFailure, VerifiedModule
 from filterrelease.core.observation import Observation
 from filterrelease.core.render import ReleaseRef, canary_plugin_name, stable_plugin_name
 from filterrelease.core.rollout import decide, needs
@@ -87,7 +87,7 @@ class World:
         self.now = T0
         self.generation = 1
         self.spec = spec("v1")
-        self.module = verified("v1")
+        self.module: VerifiedModule | ModuleFailure = verified("v1")
         self.plugins: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, str]] = {f"web-{i}": {"app": "web"} for i in range(pods)}
         self.status = FilterReleaseStatus()

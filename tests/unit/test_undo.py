@@ -20,9 +20,9 @@ def promoted(world: World, tag: str, history_limit: int = 5) -> None:
         world.tick()
         if world.status.phase == Phase.PAUSED:
             world.request = "promote"
-        if world.status.phase == Phase.HEALTHY and world.status.stable is not None:
-            if world.status.stable.version == tag:
-                return
+        stable = world.status.stable
+        if world.status.phase == Phase.HEALTHY and stable is not None and stable.version == tag:
+            return
     raise AssertionError(f"{tag} never promoted: {world.status.message}")
 
 

@@ -80,18 +80,22 @@ class Reading(BaseModel):
     model_config = ConfigDict(frozen=True)
     phase: MeasurementPhase
     value: float | None = None
+    # The same quantity on the stable pods, where the provider measures them: dashboards plot
+    # canary against stable (it only decides where a relative bound asks for it).
+    baseline: float | None = None
     message: str = ""
 
 
 class Measurement(_Status):
     metric: str
     phase: MeasurementPhase
-    value: float | None = None
+    value: float | None = None  # on the canary pods
+    baseline: float | None = None  # on the stable pods
     message: str = ""
     started_at: str
     finished_at: str
 
-    @field_validator("value")
+    @field_validator("value", "baseline")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         # JSON has no NaN or Infinity; a missing value says the same thing.
@@ -110,6 +114,7 @@ def measurement(
         metric=metric.name,
         phase=reading.phase,
         value=reading.value,
+        baseline=reading.baseline,
         message=reading.message,
         started_at=timestamp(started),
         finished_at=timestamp(finished),

@@ -110,11 +110,13 @@ def judge(
 ) -> Reading:
     """The measurement's phase, value and message from both groups' traffic."""
     minimum = max(spec.min_requests or 0, 1)
+    shown = _headline(spec, stable)
     seen = f"{canary.requests:.0f} canary requests in {format_duration(window)}"
     if canary.requests < minimum:
         return Reading(
             phase=MeasurementPhase.INCONCLUSIVE,
             value=canary.requests,
+            baseline=stable.requests if stable is not None else None,
             message=f"only {seen}, fewer than the {minimum} needed",
         )
     baseline = stable if stable is not None and stable.requests >= minimum else None
@@ -140,4 +142,16 @@ def judge(
         phase, parts = MeasurementPhase.INCONCLUSIVE, out.undecided + out.notes
     else:
         phase, parts = MeasurementPhase.SUCCESSFUL, out.notes
-    return Reading(phase=phase, value=value, message="; ".join([*parts, seen]))
+    return Reading(phase=phase, value=value, baseline=shown, message="; ".join([*parts, seen]))
+
+
+def _headline(spec: IstioProvider, stable: Traffic | None) -> float | None:
+    """The stable pods' value of the quantity judge() reports for the canary: the success rate
+    when it is checked, else the p99, else the request count."""
+    if stable is None or stable.requests <= 0:
+        return None
+    if spec.success_rate is not None:
+        return stable.success_percent
+    if spec.latency_p99 is not None:
+        return _known(stable.p99_ms)
+    return stable.requests

@@ -18,6 +18,7 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -181,13 +182,12 @@ async def measure_istio(
         return Reading(phase=MeasurementPhase.INCONCLUSIVE, message="no canary pods to measure")
     window = measurement_window(target, now, interval, scrape_interval)
     latency = spec.latency_p99 is not None
-    relative = (
-        spec.success_rate is not None and spec.success_rate.max_drop_percent is not None
-    ) or (spec.latency_p99 is not None and spec.latency_p99.max_increase_percent is not None)
     ns = target.namespace
     try:
         canary_q = promql.traffic_queries(ns, target.canary_pods, window)
-        if relative and target.stable_pods:
+        # The stable pods are measured too, relative bound or not: their value is the baseline
+        # dashboards plot the canary against.
+        if target.stable_pods:
             stable_q = promql.traffic_queries(ns, target.stable_pods, window)
             canary, stable = await asyncio.gather(
                 _traffic(client, canary_q, now, latency), _traffic(client, stable_q, now, latency)
@@ -224,9 +224,39 @@ async def measure_query(
             workload_selector=target.workload_selector,
         )
         condition = compile_condition(spec.success_condition)
-        value = await client.value(expr, now)
+        # A query about the canary pods asked of the stable pods: the baseline dashboards plot.
+        twin = None
+        if "canary_pods" in spec.query and target.stable_pods:
+            twin = promql.render_template(
+                spec.query,
+                namespace=target.namespace,
+                canary_pods=target.stable_pods,
+                stable_pods=target.stable_pods,
+                interval=window,
+                workload_selector=target.workload_selector,
+            )
+        value, baseline = await asyncio.gather(
+            client.value(expr, now), _baseline(client, twin, now)
+        )
     except (promql.TemplateError, ConditionError, PrometheusError) as err:
         return _error(err)
+    return _judged(spec, condition, value).model_copy(update={"baseline": baseline})
+
+
+async def _baseline(client: PrometheusClient, expr: str | None, now: datetime) -> float | None:
+    """The stable pods' value; None when there is none (it never decides anything)."""
+    if expr is None:
+        return None
+    try:
+        value = await client.value(expr, now)
+    except PrometheusError:
+        return None
+    return None if value is None or math.isnan(value) else value
+
+
+def _judged(
+    spec: PrometheusProvider, condition: Callable[[float], bool], value: float | None
+) -> Reading:
     if value is None:
         return Reading(phase=MeasurementPhase.INCONCLUSIVE, message="the query returned no data")
     shown = f"{value:.6g}"

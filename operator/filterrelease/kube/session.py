@@ -7,6 +7,7 @@ filterrelease.dev/request annotation): nothing here writes a spec or a status.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -189,9 +190,29 @@ class Session:
             raise _error(exc) from exc
         return found
 
+    def dry_run_problems(self, manifest: dict[str, Any]) -> list[str]:
+        """What the server refuses in a FilterRelease (`field: problem`, one per cause; none
+        when it would be accepted), by a strict server-side dry run: unknown fields count, as
+        with `kubectl apply`. Other refusals (RBAC, no such namespace) raise KubeError."""
+        try:
+            self._dry_run(manifest, field_validation="Strict")
+        except ApiException as exc:
+            if exc.status not in (400, 422):
+                raise _error(exc) from exc
+            return _causes(exc) or [_error(exc).message]
+        except OSError as exc:
+            raise _error(exc) from exc
+        return []
+
     def dry_run_apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side dry run of a FilterRelease: the CRD's schema, its CEL rules and the
         operator's admission webhook judge it; nothing is stored."""
+        try:
+            return self._dry_run(manifest)
+        except (ApiException, OSError) as exc:
+            raise _error(exc) from exc
+
+    def _dry_run(self, manifest: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         meta = manifest.get("metadata") or {}
         namespace = meta.get("namespace") or self.namespace
         name = meta.get("name") or ""
@@ -199,22 +220,32 @@ class Session:
             RELEASE_KIND
         ):
             raise KubeError(400, f"not a {RELEASE_KIND} ({GROUP}/{RELEASE_VERSION})")
-        try:
-            found: dict[str, Any] = self._custom.patch_namespaced_custom_object(
-                GROUP,
-                RELEASE_VERSION,
-                namespace,
-                RELEASE_PLURAL,
-                name,
-                manifest,
-                dry_run="All",
-                field_manager="kubectl-filterrelease",
-                force=True,
-                _content_type="application/apply-patch+yaml",
-            )
-        except (ApiException, OSError) as exc:
-            raise _error(exc) from exc
+        found: dict[str, Any] = self._custom.patch_namespaced_custom_object(
+            GROUP,
+            RELEASE_VERSION,
+            namespace,
+            RELEASE_PLURAL,
+            name,
+            manifest,
+            dry_run="All",
+            field_manager="kubectl-filterrelease",
+            force=True,
+            _content_type="application/apply-patch+yaml",
+            **kwargs,
+        )
         return found
+
+
+def _causes(exc: ApiException) -> list[str]:
+    """An Invalid (422) answer's causes, `field: message` each, as `kubectl apply` lists them."""
+    try:
+        details = json.loads(exc.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return []
+    return [
+        f"{c['field']}: {c.get('message', '')}" if c.get("field") else str(c.get("message", ""))
+        for c in details.get("causes") or []
+    ]
 
 
 def _event_time(event: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ from filterrelease.plugin.ages import age
 MESSAGE_WIDTH = 60  # the table's MESSAGE column: enough for the gist, the tree has it whole
 EVENTS_SHOWN = 5
 NONE = "-"
+LABEL_WIDTH = 14  # the tree's header: "Generation:" and three spaces
 
 
 def columns(rows: Sequence[Sequence[str]]) -> str:
@@ -276,7 +277,7 @@ def release_tree(
         header.append(["Generation:", f"{generation} (the operator has seen {observed})"])
     header.append(["Age:", age(meta.get("creationTimestamp"), now)])
     sections = [
-        [columns(header)],
+        [f"{label:<{LABEL_WIDTH}}{value}".rstrip() for label, value in header],
         _steps_section(release),
         _plugins_section(status, plugins),
         _pods_section(status),

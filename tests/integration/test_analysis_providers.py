@@ -264,6 +264,11 @@ def test_istio_success_rate_canary_against_stable(
     reading = istio(prometheus, {"successRate": {"minPercent": 99}}, healthy)
     assert reading.phase == MeasurementPhase.SUCCESSFUL, reading.message
     assert reading.value == pytest.approx(100)
+    # The stable pods are measured too, without a relative bound: the baseline dashboards plot.
+    reading = istio(
+        prometheus, {"successRate": {"minPercent": 1}}, target(ns, ["web-c1"], ["web-s2"], since)
+    )
+    assert reading.baseline == pytest.approx(95, abs=1)
 
     # Relative: 90 % is 10 points under stable web-s1's 100 %, but only 5 under web-s2's 95 %.
     drop = {"successRate": {"maxDropPercent": 6}}
@@ -336,6 +341,13 @@ def test_custom_query_templated_and_judged(
     reading = custom(prometheus.url, query, "result < 0.01", good)
     assert reading.phase == MeasurementPhase.SUCCESSFUL, reading.message
     assert reading.value == 0
+    assert reading.baseline is None  # no stable pods to ask
+    # With stable pods, the same query asked of them is the baseline; it decides nothing.
+    reading = custom(
+        prometheus.url, query, "result < 0.01", target(ns, ["webx1"], ["web.1"], since)
+    )
+    assert reading.phase == MeasurementPhase.SUCCESSFUL, reading.message
+    assert reading.baseline == pytest.approx(0.1, abs=0.02)
     assert custom(prometheus.url, query, "result[0] >= 0 && result <= 1", bad).phase == (
         MeasurementPhase.SUCCESSFUL
     )

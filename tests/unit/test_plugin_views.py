@@ -204,6 +204,11 @@ def test_the_tree_says_when_a_plugin_is_missing_and_the_operator_is_behind() -> 
     text = release_tree(release, NOW, plugins()[:1])
     assert "  security-headers-canary   -        (not found)" in text.splitlines()
     assert "Generation:   3 (the operator has seen 2)" in text.splitlines()
+    unreadable = release_tree(release, NOW, None).splitlines()
+    assert unreadable[unreadable.index("WasmPlugins:") + 1 :][:2] == [
+        "  security-headers          -   ?",
+        "  security-headers-canary   -   ?",
+    ]
 
 
 def test_the_tree_of_a_direct_release_has_no_steps_or_pods() -> None:

@@ -28,6 +28,7 @@ from filterrelease.kube.api import (
 )
 
 RELEASE_KIND = "FilterRelease"
+_UNDECLARED = "failed to create typed patch object"
 
 
 class Session:
@@ -197,9 +198,15 @@ class Session:
         try:
             self._dry_run(manifest, field_validation="Strict")
         except ApiException as exc:
-            if exc.status not in (400, 422):
-                raise _error(exc) from exc
-            return _causes(exc) or [_error(exc).message]
+            error = _error(exc)
+            if exc.status in (400, 422):
+                return _causes(exc) or [error.message]
+            # Server-side apply refuses a field the schema does not declare before validation,
+            # as a 500: "failed to create typed patch object (...): .spec.x: field not declared
+            # in schema". It is the manifest's problem, not the server's.
+            if exc.status == 500 and _UNDECLARED in error.message:
+                return [error.message.rsplit("): ", 1)[-1].lstrip(".")]
+            raise error from exc
         except OSError as exc:
             raise _error(exc) from exc
         return []

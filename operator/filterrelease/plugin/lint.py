@@ -92,7 +92,9 @@ def schema_problems(doc: dict[str, Any], schema: dict[str, Any]) -> list[str]:
 
 
 def operator_problems(doc: dict[str, Any]) -> list[str]:
-    """What the operator's spec model refuses (the CRD's CEL rules among it)."""
+    """What the operator's spec model refuses (the CRD's CEL rules among it). Asked only of a
+    document the schema accepts, as the API server runs CEL only on a valid schema: otherwise
+    each schema problem would be said twice, in two wordings."""
     if not isinstance(doc.get("spec"), dict):
         return []  # the schema says so already
     parsed = parse_spec(doc["spec"])
@@ -106,6 +108,4 @@ def offline_problems(doc: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     if not (doc.get("metadata") or {}).get("name"):
         problems.append("metadata.name: required")
     problems += schema_problems(doc, schema)
-    # One problem said twice (the schema and the model both refuse it) is shown once.
-    problems += [p for p in operator_problems(doc) if p not in problems]
-    return problems
+    return problems or operator_problems(doc)

@@ -114,16 +114,19 @@ def _steps_section(release: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _plugins_section(status: dict[str, Any], plugins: Sequence[dict[str, Any]]) -> list[str]:
+def _plugins_section(
+    status: dict[str, Any], plugins: Sequence[dict[str, Any]] | None
+) -> list[str]:
+    """None for plugins: they could not be read (RBAC), so only their names are known."""
     names = list(status.get("wasmPlugins") or [])
     if not names:
         return []
-    live = {p["metadata"]["name"]: p for p in plugins}
+    live = {p["metadata"]["name"]: p for p in plugins or ()}
     rows = []
     for name in names:
         plugin = live.get(name)
         if plugin is None:
-            rows.append(["  " + name, NONE, "(not found)"])
+            rows.append(["  " + name, NONE, "(not found)" if plugins is not None else "?"])
             continue
         meta = plugin["metadata"]
         role = (meta.get("labels") or {}).get(LABEL_ROLE) or NONE
@@ -249,10 +252,11 @@ def _proxies_summary(proxies: dict[str, Any]) -> str:
 def release_tree(
     release: dict[str, Any],
     now: datetime,
-    plugins: Sequence[dict[str, Any]] = (),
+    plugins: Sequence[dict[str, Any]] | None = (),
     events: Sequence[dict[str, Any]] = (),
 ) -> str:
-    """`get NAME`: everything about one release a person needs to decide what to do next."""
+    """`get NAME`: everything about one release a person needs to decide what to do next.
+    plugins: the live WasmPlugins of status.wasmPlugins (None: not readable)."""
     meta, status = release["metadata"], _status(release)
     steps = steps_of(release)
     header = [

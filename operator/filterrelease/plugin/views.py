@@ -114,9 +114,7 @@ def _steps_section(release: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _plugins_section(
-    status: dict[str, Any], plugins: Sequence[dict[str, Any]] | None
-) -> list[str]:
+def _plugins_section(status: dict[str, Any], plugins: Sequence[dict[str, Any]] | None) -> list[str]:
     """None for plugins: they could not be read (RBAC), so only their names are known."""
     names = list(status.get("wasmPlugins") or [])
     if not names:

@@ -375,3 +375,17 @@ def test_kubectl_finds_the_plugin_on_its_path(
     assert any(
         line.split()[:3] == [namespace, NAME, "Paused"] for line in result.stdout.splitlines()
     ), result.stdout
+
+
+def test_promote_ends_the_pause_and_status_exits_0(
+    istio_cluster: LocalCluster, canary: tuple[str, dict[str, Any]]
+) -> None:
+    namespace, _ = canary
+    said = ok(plugin(istio_cluster, "promote", NAME, "-n", namespace))
+    assert said == f"filterrelease '{NAME}' promote requested\n"
+    waited = ok(plugin(istio_cluster, "status", NAME, "-n", namespace, "--timeout", "60s"))
+    assert f"{NAME}: Healthy" in waited.splitlines()[-1], waited
+    tree = ok(plugin(istio_cluster, "get", NAME, "-n", namespace)).splitlines()
+    assert "Stable:       v1.2.0" in tree
+    history = tree[tree.index(next(line for line in tree if line.startswith("History"))) + 1 :]
+    assert history[1].split()[1:3] == ["v1.2.0", "Promoted"], history

@@ -145,11 +145,13 @@ def _tree(session: Session, release: dict[str, Any]) -> str:
     meta = release["metadata"]
     # Someone who may read FilterReleases but not WasmPlugins or Events still gets the tree:
     # without what they may not see.
-    plugins: list[dict[str, Any]] | None = []
+    plugins: list[dict[str, Any]] | None
     try:
-        for name in (release.get("status") or {}).get("wasmPlugins") or []:
-            if (found := session.wasm_plugin(meta["namespace"], name)) is not None:
-                plugins.append(found)
+        plugins = [
+            found
+            for name in (release.get("status") or {}).get("wasmPlugins") or []
+            if (found := session.wasm_plugin(meta["namespace"], name)) is not None
+        ]
     except KubeError:
         plugins = None
     try:

@@ -2,7 +2,8 @@
 (their kubeconfig, their RBAC), prints what the pure modules render.
 
   kubectl filterrelease get [NAME] [-A] [-w] [-o json|yaml]
-  kubectl filterrelease status NAME [--timeout 10m]     exit 0 Healthy, 1 Degraded, 2 timeout
+  kubectl filterrelease status NAME [--timeout 10m]     exit 0 Healthy, 1 Degraded, 2 timeout,
+                                                        3 not found/refused/unreachable
   kubectl filterrelease promote|abort|pause|resume|retry|undo NAME
   kubectl filterrelease lint FILE|- [--offline]
   kubectl filterrelease dashboard [--port 3100] [--read-only] [--no-browser]
@@ -83,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("-w", "--watch", action="store_true", help="redraw as it changes (Ctrl-C)")
     get.add_argument("-o", "--output", choices=["json", "yaml"])
 
-    status = command("status", "wait until a release is Healthy (0), Degraded (1) or timed out (2)")
+    status = command(
+        "status",
+        "wait until a release is Healthy (exit 0), Degraded (1) or timed out (2); 3: not found, "
+        "refused or unreachable",
+    )
     status.add_argument("name", metavar="NAME")
     status.add_argument(
         "--timeout",

@@ -2,8 +2,9 @@
 what a release's state means for the wait, and the progress line it prints.
 
 Exit codes: 0 Healthy (the operator has seen the latest spec and Ready is True), 1 Degraded (of
-the latest spec), 2 timed out (also: the release was deleted). A Paused release keeps waiting: a
-person promotes or resumes it, and the pipeline goes on when they do.
+the latest spec), 2 timed out; the CLI adds 3 for "could not ask" (not found, deleted while
+waiting, RBAC, unreachable). A Paused release keeps waiting: a person promotes or resumes it,
+and the pipeline goes on when they do.
 """
 
 from __future__ import annotations

@@ -283,6 +283,10 @@ def test_a_reader_without_patch_rights_is_refused_clearly(
     assert token not in refused.stdout + refused.stderr
     assert annotation(istio_cluster, namespace) is None  # nothing was written
 
+    gone = plugin(istio_cluster, "status", "no-such-release", "-n", namespace)
+    assert gone.returncode == 3, gone.stdout + gone.stderr  # not Degraded: nothing to wait for
+    assert "'no-such-release' not found" in gone.stderr
+
     missing = plugin(istio_cluster, "abort", "no-such-release", "-n", namespace)
     assert missing.returncode == 1
     assert missing.stderr.startswith(

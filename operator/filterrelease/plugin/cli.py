@@ -31,6 +31,7 @@ from filterrelease.kube.api import KubeError
 from filterrelease.kube.session import Session
 from filterrelease.plugin import lint, views
 from filterrelease.plugin.crd import release_schema
+from filterrelease.plugin.live import fold, key_of
 from filterrelease.plugin.refusals import refusal
 from filterrelease.plugin.wait import DEFAULT_TIMEOUT, ExitCode, State, assess
 
@@ -194,16 +195,11 @@ def cmd_get(session: Session, args: argparse.Namespace, namespace: str | None) -
             return _dump(_as_list(items), args.output)
         return views.release_table(items, _now(), all_namespaces=namespace is None)
 
-    known = {_key(r): r for r in releases}
+    known = {key_of(r): r for r in releases}
     print(render_all(known))
     if args.watch:
         _watch(session, namespace, known, render_all)
     return 0
-
-
-def _key(release: dict[str, Any]) -> tuple[str, str]:
-    meta = release["metadata"]
-    return str(meta.get("namespace", "")), str(meta["name"])
 
 
 def _watch(
@@ -219,18 +215,10 @@ def _watch(
     redraw = sys.stdout.isatty()
     try:
         for kind, obj in session.watch_releases(namespace, stop):
-            key = _key(obj)
-            if only is not None and key[1] != only:
+            if only is not None and key_of(obj)[1] != only:
                 continue
-            version = (obj.get("metadata") or {}).get("resourceVersion")
-            old = known.get(key)
-            if kind == "DELETED":
-                if known.pop(key, None) is None:
-                    continue
-            elif old is not None and (old.get("metadata") or {}).get("resourceVersion") == version:
-                continue  # the watch's opening list: what was printed already
-            else:
-                known[key] = obj
+            if not fold(known, kind, obj):
+                continue
             text = render(known)
             if text is None:
                 continue

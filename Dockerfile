@@ -40,6 +40,8 @@ COPY pyproject.toml uv.lock ./
 RUN /opt/uv/bin/uv sync --locked --no-dev --no-install-project ${EXTRAS}
 COPY README.md ./
 COPY operator ./operator
+# The kubectl plugin's offline lint reads the CRD packaged beside it (pyproject's wheel target).
+COPY crds/filterreleases.filterrelease.dev.yaml ./crds/
 RUN /opt/uv/bin/uv sync --locked --no-dev --no-editable ${EXTRAS}
 
 FROM ${BASE_IMAGE}

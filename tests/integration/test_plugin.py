@@ -393,3 +393,33 @@ def test_promote_ends_the_pause_and_status_exits_0(
     assert "Stable:       v1.2.0" in tree
     history = tree[tree.index(next(line for line in tree if line.startswith("History"))) + 1 :]
     assert history[1].split()[1:3] == ["v1.2.0", "Promoted"], history
+
+
+def test_undo_goes_back_to_v1_at_once_and_status_reports_the_drift(
+    istio_cluster: LocalCluster, canary: tuple[str, dict[str, Any]]
+) -> None:
+    namespace, manifest = canary
+    # After the promotion above; if run alone, promote first.
+    current = (release(istio_cluster, namespace, NAME) or {}).get("status", {})
+    if (current.get("stable") or {}).get("pluginConfig", {}).get("version") != "v1.2.0":
+        ok(plugin(istio_cluster, "promote", NAME, "-n", namespace, "--full"))
+        ok(plugin(istio_cluster, "status", NAME, "-n", namespace, "--timeout", "60s"))
+    said = ok(plugin(istio_cluster, "undo", NAME, "-n", namespace, "--to-revision", "1"))
+    assert said == f"filterrelease '{NAME}' undo:1 requested\n"
+    # Undone is Degraded (the spec asks for v1.2.0): `status` says so and exits 1.
+    waited = plugin(istio_cluster, "status", NAME, "-n", namespace, "--timeout", "60s")
+    assert waited.returncode == 1, waited
+    assert "undone to revision 1" in waited.stdout, waited.stdout
+    plugin_spec = istio_cluster.kubectl("get", "wasmplugin", NAME, "-n", namespace, "-o",
+                                        "jsonpath={.spec.pluginConfig.version}").stdout  # fmt: skip
+    assert plugin_spec == "v1.1.0"
+    tree = ok(plugin(istio_cluster, "get", NAME, "-n", namespace))
+    assert "Undone" in tree, tree
+    # A new spec ends the undo: with no pod selected, the canary goes straight to its pause.
+    manifest["spec"]["pluginConfig"]["version"] = "v1.2.1"
+    assert apply_json(istio_cluster, manifest).returncode == 0
+    poll(lambda: rollout(istio_cluster, namespace).get("paused") == "PauseStep", timeout=TIMEOUT,
+         what="a new canary from the undone version")  # fmt: skip
+    after = (release(istio_cluster, namespace, NAME) or {})["status"]
+    assert "undone" not in after
+    assert after["stable"]["pluginConfig"]["version"] == "v1.1.0"

@@ -70,6 +70,7 @@ from tests.support.canary_faults import (
     wait_rolled_back,
 )
 from tests.support.polling import poll
+from tests.support.wasm import built_filters
 
 REPO = Path(__file__).resolve().parents[1]
 # The latency bound of tests.support.canary's ANALYSIS (latencyP99 maxMilliseconds): slower is bad.
@@ -274,15 +275,6 @@ def summary(results: dict[str, list[Run]]) -> str:
     )
 
 
-def filter_modules() -> dict[str, bytes]:
-    """Every filter of filters/, built from source (cached by filters/build.sh)."""
-    out = subprocess.run(
-        ["bash", str(REPO / "filters" / "build.sh")], stdout=subprocess.PIPE, text=True, check=True
-    ).stdout
-    directory = Path(out.strip().splitlines()[-1])
-    return {p.stem: p.read_bytes() for p in sorted(directory.glob("*.wasm"))}
-
-
 @contextmanager
 def workdir(keep: Path | None) -> Iterator[Path]:
     if keep is not None:
@@ -313,7 +305,7 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} (shared)")
     started = time.monotonic()
-    modules = filter_modules()
+    modules = built_filters()
     results: dict[str, list[Run]] = {name: [] for name in chosen}
     failed: list[str] = []
     env = {"FILTERRELEASE_DRY_RUN": "false"}

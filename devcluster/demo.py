@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,8 @@ EXAMPLE = REPO / "deploy" / "examples" / "security-headers.yaml"
 TEMPLATE_EXAMPLE = REPO / "deploy" / "examples" / "templates" / "istio-slo.yaml"
 REPLICAS = 3
 VERSION_HEADER = "x-filter-version"
+# The kubectl plugin this package installs, beside the interpreter running the demo.
+PLUGIN = Path(sys.executable).parent / "kubectl-filterrelease"
 
 
 def say(text: str) -> None:
@@ -243,11 +246,9 @@ def run(workdir: Path, keep: bool) -> None:
             kubeconfig, workdir / "logs" / "operator.log", extra_env=analysis
         ) as operator:
             print(f"  pid {operator.pid}, log {operator.log_path}")
-            demo_steps(cluster)
+            demo_steps(cluster, keep)
             if keep:
                 say("Cluster and operator keep running; Ctrl-C stops everything")
-                print(f"  export KUBECONFIG={cluster.admin_kubeconfig}")
-                print(f"  alias kubectl={cluster.bin_dir / 'kubectl'}")
                 print(f"  Prometheus: {cluster.mesh.prometheus.url}")
                 print(f"  sidecar ports: {Traffic(cluster).sidecars()}")
                 signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -287,7 +288,7 @@ def publish_versions(cluster: LocalCluster, modules: dict[str, bytes]) -> None:
     print("  filters/security-headers:v1.3.0 (a faulty build: panics every 5th request)")
 
 
-def demo_steps(cluster: MeshCluster) -> None:
+def demo_steps(cluster: MeshCluster, keep: bool = False) -> None:
     traffic = Traffic(cluster)
     publish_versions(cluster, build_filters())
     start_workload(cluster, traffic)
@@ -306,9 +307,65 @@ def demo_steps(cluster: MeshCluster) -> None:
     traffic.wait_serving("v1.2.0")
     reject_oras_push(cluster, v2, traffic)
     refuse_bad_spec(cluster, v2)
+    undo_with_the_plugin(cluster, traffic)
     say("Istio's request metrics in Prometheus, by pod and response code")
     traffic.show_metrics()
-    delete_release(cluster, traffic)
+    if not keep:
+        delete_release(cluster, traffic)
+    how_to_look(cluster, keep)
+
+
+def plugin(cluster: LocalCluster, *args: str) -> str:
+    """kubectl filterrelease, as a person runs it: the console script, their kubeconfig."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.admin_kubeconfig)}
+    result = subprocess.run(
+        [str(PLUGIN), *args], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
+    return result.stdout
+
+
+def undo_with_the_plugin(cluster: MeshCluster, traffic: Traffic) -> None:
+    say(
+        "An incident turns out to come from v1.2.0: `kubectl filterrelease undo` puts the "
+        "previous good version (v1.1.0, kept whole in status.history) back on every proxy at "
+        "once, skipping the canary"
+    )
+    print("  $ kubectl filterrelease undo security-headers -n shop")
+    t0 = time.monotonic()
+    print("  " + plugin(cluster, "undo", "security-headers", "-n", NS).strip())
+    traffic.load()
+    traffic.wait_serving("v1.1.0")
+    print(f"  every sidecar serves v1.1.0 {time.monotonic() - t0:.1f}s after the request")
+    cluster.wait_for(
+        lambda: (
+            "every selected proxy runs"
+            in (release_json(cluster) or {}).get("status", {}).get("message", "")
+        ),
+        timeout=60,
+        what="every proxy to confirm the undo",
+    )
+    say(
+        "Git stays the source of truth: the spec still asks for v1.2.0, so the release reads "
+        "Degraded (UndoneFromSpec) until the spec changes; the tree shows it all"
+    )
+    print("  $ kubectl filterrelease get security-headers -n shop")
+    tree = plugin(cluster, "get", "security-headers", "-n", NS).rstrip()
+    print("  " + tree.replace("\n", "\n  "))
+
+
+def how_to_look(cluster: MeshCluster, kept: bool) -> None:
+    say(
+        "Look for yourself"
+        + ("" if kept else " (run `make demo DEMO_ARGS=--keep` to keep the cluster running):")
+    )
+    print(f"  export KUBECONFIG={cluster.admin_kubeconfig}")
+    # kubectl from the testbed, kubectl-filterrelease from this venv
+    print(f"  export PATH={cluster.bin_dir}:{PLUGIN.parent}:$PATH")
+    print("  kubectl filterrelease get -A")
+    print("  kubectl filterrelease get security-headers -n shop -w    # live, Ctrl-C to stop")
+    print("  kubectl filterrelease dashboard    # the rollout dashboard in your browser")
+    print("  kubectl explain filterrelease.spec.module")
+    print(f"  kubectl logs -n {NS} <frontend pod> -c {CONTAINER}")
 
 
 def proxy_log(cluster: MeshCluster, pod: str, version: str) -> None:
@@ -483,11 +540,6 @@ def delete_release(cluster: MeshCluster, traffic: Traffic) -> None:
     say("And the sidecars serve without the filter again")
     traffic.wait_serving(None)
     traffic.curl()
-    say("Look for yourself (run the demo with --keep to keep the cluster):")
-    print(f"  KUBECONFIG={cluster.admin_kubeconfig} {cluster.bin_dir / 'kubectl'} get frel -A")
-    print("  kubectl explain filterrelease.spec.module")
-    print("  kubectl describe frel -n shop security-headers")
-    print(f"  kubectl logs -n {NS} <frontend pod> -c {CONTAINER}")
 
 
 def main() -> None:

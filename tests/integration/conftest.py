@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from devcluster.operator_process import OperatorProcess
 from localcluster import LocalCluster
 from localcluster.istio import ISTIO_VERSIONS, install_istio_crds
 from meshtraffic.podlogs import KWOK_CONFIG_YAML, logs_crd_manifest
-from tests.support.wasm import Published
+from tests.support.wasm import Published, built_filters
 
 # The operator resyncs every release this often in the tests, so a test can watch resyncs happen.
 RESYNC_SECONDS = 1.0
@@ -74,14 +73,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def filter_modules() -> dict[str, bytes]:
     """Every filter of filters/, built from source (cached), by name."""
-    result = subprocess.run(
-        ["bash", str(REPO_ROOT / "filters" / "build.sh")],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-    )
-    out = Path(result.stdout.strip().splitlines()[-1])
-    return {p.stem: p.read_bytes() for p in sorted(out.glob("*.wasm"))}
+    return built_filters()
 
 
 @pytest.fixture(scope="session")

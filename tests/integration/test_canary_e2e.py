@@ -444,8 +444,12 @@ def test_canary_and_stable_values_are_exported_and_undo_puts_back_v1_at_once(
 
             poll(panel_matches_status, timeout=60, what="the panel's series match the status")
             for query in panel_queries("Analysis measurements"):
+
+                def answered(q: str = query) -> bool:
+                    return bool(prom.query(q))
+
                 # A rate needs two scrapes of the counter.
-                poll(lambda q=query: prom.query(q) or None, timeout=30, what=query)
+                poll(answered, timeout=30, what=query)
 
         # Undo during the canary: every proxy back on v1 at once, no step, no analysis.
         t0 = time.monotonic()

@@ -4,7 +4,24 @@ published to a cluster's registry."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 from localcluster.oci_publish import publish
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def built_filters() -> dict[str, bytes]:
+    """Every filter of filters/, built from source (cached by filters/build.sh), by name."""
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "filters" / "build.sh")],
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    out = Path(result.stdout.strip().splitlines()[-1])
+    return {p.stem: p.read_bytes() for p in sorted(out.glob("*.wasm"))}
 
 
 def wasm_module(*exports: str) -> bytes:

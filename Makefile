@@ -113,6 +113,7 @@ bench: deps testbed filters
 	PYTHONPATH=testbed:. $(RUN) python bench/release_latency.py
 	PYTHONPATH=testbed $(RUN) python bench/mesh_scale.py
 	PYTHONPATH=testbed:. $(RUN) python bench/canary_rollback.py $(CANARY_BENCH_ARGS)
+	PYTHONPATH=testbed:. $(RUN) python bench/undo.py
 	PYTHONPATH=testbed:. $(RUN) python bench/failover.py
 	PYTHONPATH=testbed:. $(RUN) python bench/proxy_confirmation.py
 	PYTHONPATH=testbed:. $(RUN) python bench/restart_dry_runs.py

@@ -96,7 +96,7 @@ def healthy_on(mesh: Mesh, version: str) -> None:
 def one_run(mesh: Mesh) -> dict[str, tuple[float, float, int]]:
     figures: dict[str, tuple[float, float, int]] = {}
     install_v1(mesh)
-    release(mesh, "security-headers", {"version": "v2"}, steps=[])  # no canary: released
+    release(mesh, "security-headers", {"version": "v2"}, steps=[{"setWeight": 100}])  # one step: promoted
     healthy_on(mesh, "v2")
     with Traffic(mesh) as traffic:
         t0 = request(mesh, "undo")
@@ -106,7 +106,7 @@ def one_run(mesh: Mesh) -> dict[str, tuple[float, float, int]]:
     for name, value, done in (("undo (canary)", "undo", undone),
                               ("abort (canary)", "abort", rolled_back)):  # fmt: skip
         install_v1(mesh)
-        release(mesh, "security-headers", {"version": "v2"}, steps=[])
+        release(mesh, "security-headers", {"version": "v2"}, steps=[{"setWeight": 100}])
         healthy_on(mesh, "v2")
         canary_held(mesh)
         with Traffic(mesh) as traffic:

@@ -42,6 +42,7 @@ from tests.support.polling import poll
 from tests.support.wasm import built_filters, with_custom_section
 
 PAUSED = [{"setWeight": 50}, {"pause": {}}]
+ONE_STEP = [{"setWeight": 100}]  # v2 promoted at once (release() has default steps)
 RELEASE = "headers"
 
 
@@ -96,7 +97,7 @@ def healthy_on(mesh: Mesh, version: str) -> None:
 def one_run(mesh: Mesh) -> dict[str, tuple[float, float, int]]:
     figures: dict[str, tuple[float, float, int]] = {}
     install_v1(mesh)
-    release(mesh, "security-headers", {"version": "v2"}, steps=[{"setWeight": 100}])  # one step: promoted
+    release(mesh, "security-headers", {"version": "v2"}, steps=ONE_STEP)
     healthy_on(mesh, "v2")
     with Traffic(mesh) as traffic:
         t0 = request(mesh, "undo")
@@ -106,7 +107,7 @@ def one_run(mesh: Mesh) -> dict[str, tuple[float, float, int]]:
     for name, value, done in (("undo (canary)", "undo", undone),
                               ("abort (canary)", "abort", rolled_back)):  # fmt: skip
         install_v1(mesh)
-        release(mesh, "security-headers", {"version": "v2"}, steps=[{"setWeight": 100}])
+        release(mesh, "security-headers", {"version": "v2"}, steps=ONE_STEP)
         healthy_on(mesh, "v2")
         canary_held(mesh)
         with Traffic(mesh) as traffic:

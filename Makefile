@@ -27,9 +27,9 @@ deps: $(UV)
 
 .PHONY: system-deps
 system-deps:
-	@missing=""; for p in docker-registry prometheus; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in docker-registry prometheus chromium; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "== installing Debian packages:$$missing (the local OCI registry, Prometheus)"; \
+	  echo "== installing Debian packages:$$missing (the local OCI registry, Prometheus, the dashboard's browser test)"; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
 	  else echo "run: sudo apt-get install$$missing"; exit 1; fi; fi
 

@@ -12,7 +12,7 @@ from filterrelease.kube.api import KubeError
 from filterrelease.kube.session import Session
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m filterrelease.dashboard")
     parser.add_argument("--kubeconfig")
     parser.add_argument("--context")
@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--read-only", action="store_true")
     parser.add_argument("--no-browser", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         session = Session.connect(args.kubeconfig, args.context)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from filterrelease.dashboard.__main__ import parser
+from filterrelease.plugin.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECTORY = ROOT / "deploy" / "dashboard"
@@ -62,8 +62,11 @@ def test_it_runs_the_operators_image_read_only_on_the_port_it_declares() -> None
         == OPERATOR_DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]["image"]
     )
     command = CONTAINER["command"]
-    assert command[:2] == ["kubectl-filterrelease", "dashboard"]
-    args = parser().parse_args(command[2:])
+    assert command[0] == "kubectl-filterrelease"
+    # The plugin's own parser: a flag it does not know would stop the pod at start.
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "dashboard"
+    assert args.all_namespaces is True
     assert args.read_only is True
     assert args.no_browser is True
     assert args.address == "0.0.0.0"

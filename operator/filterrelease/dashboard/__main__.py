@@ -17,8 +17,10 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--kubeconfig")
     parser.add_argument("--context")
     parser.add_argument("-n", "--namespace", help="only this namespace (default: all)")
+    # As `kubectl filterrelease dashboard` accepts it; every namespace is the default here.
+    parser.add_argument("-A", "--all-namespaces", action="store_true")
     parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=3100)
     parser.add_argument("--read-only", action="store_true")
     parser.add_argument("--no-browser", action="store_true")
     return parser

@@ -84,9 +84,12 @@ class Dashboard:
                     change = self.board.apply(kind, release)
                     if change is not None:
                         self._publish(change)
-            except KubeError as exc:
-                log.warning("watching releases failed (%s): retrying in %.0fs", exc, backoff)
-                self._set_connected(False, f"reconnecting: {exc.message}")
+            except Exception as exc:
+                # Not only KubeError: a connection cut mid-stream surfaces from the client
+                # library as its own error, and a dead watch thread would freeze every page.
+                why = exc.message if isinstance(exc, KubeError) else type(exc).__name__
+                log.warning("watching releases failed (%s): retrying in %.0fs", why, backoff)
+                self._set_connected(False, f"reconnecting: {why}")
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
@@ -104,9 +107,9 @@ class Dashboard:
         if self._hub is not None:
             self._hub.close()
         if self._watcher is not None:
-            # The watch notices within WATCH_SECONDS; the thread is a daemon, so a hung
-            # connection cannot keep the process alive.
-            self._watcher.join(timeout=WATCH_SECONDS + 2)
+            # The watch notices the stop within WATCH_SECONDS; Ctrl-C should not wait that
+            # long, and the thread is a daemon: a watch still open cannot keep the process.
+            self._watcher.join(timeout=2)
 
     # -- permissions -------------------------------------------------------------------------
 

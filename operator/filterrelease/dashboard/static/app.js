@@ -324,11 +324,18 @@ function renderMetrics(panels) {
     const c = m.counts;
     const summary = `${c.successful} successful, ${c.failed} failed, ${c.inconclusive} inconclusive, ${c.error} errors`;
     return el("figure", { class: "metric", "data-metric": m.name },
-      el("figcaption", {}, `${m.name} `, m.phase ? badge(m.phase === "Successful" ? "Healthy" : m.phase === "Failed" ? "Degraded" : "Pending") : null,
-        m.phase ? ` ${m.phase}` : "", el("span", { class: "counts-text", text: summary })),
+      el("figcaption", {}, `${m.name} `, m.phase ? verdict(m.phase) : null,
+        el("span", { class: "counts-text", text: summary })),
       plot(m),
       m.hasBaseline ? null : el("p", { class: "note", text: "no stable baseline" }));
   }));
+}
+
+// A metric's verdict in the colours of the release phase it leads to.
+const VERDICT_COLOURS = { Successful: "Healthy", Failed: "Degraded", Running: "Progressing", Inconclusive: "Paused" };
+
+function verdict(phase) {
+  return el("span", { class: `badge phase-${VERDICT_COLOURS[phase] || "other"}`, text: phase });
 }
 
 function plot(metric) {

@@ -81,12 +81,17 @@ def mesh(
 
 
 @contextmanager
-def dashboard(kubeconfig: Path, log: Path, *extra: str) -> Iterator[str]:
-    """`python -m filterrelease.dashboard` on a free port; its URL. Stopped on the way out."""
+def dashboard(kubeconfig: Path, log: Path, *extra: str, plugin: bool = False) -> Iterator[str]:
+    """The dashboard on a free port, as `python -m filterrelease.dashboard` or (plugin) as
+    `kubectl filterrelease dashboard` runs it; its URL. Stopped on the way out."""
+    program = (
+        [str(Path(sys.executable).parent / "kubectl-filterrelease"), "dashboard", "-A"]
+        if plugin
+        else [sys.executable, "-m", "filterrelease.dashboard"]
+    )
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "filterrelease.dashboard", "--kubeconfig", str(kubeconfig),
-             "--port", "0", "--no-browser", *extra],
+            [*program, "--kubeconfig", str(kubeconfig), "--port", "0", "--no-browser", *extra],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
@@ -162,10 +167,16 @@ def test_the_dashboard_follows_a_canary_live_and_acts_on_it(
             expect(page.locator('#pods [data-track="canary"] li')).to_have_count(1)
             shot(page, "2-release-pause-step")
 
-            # Actions: offered to the admin; Promote ends the pause step.
+            # Actions: offered to the admin. Abort asks first; cancelled, nothing is sent.
             promote = page.locator('#actions button[data-request="promote"]')
             expect(promote).to_be_visible()
-            expect(page.locator('#actions button[data-request="abort"]')).to_be_visible()
+            page.locator('#actions button[data-request="abort"]').click()
+            expect(page.locator("#confirm")).to_be_visible()
+            expect(page.locator("#confirm-text")).to_contain_text("Abort the rollout?")
+            page.keyboard.press("Escape")
+            expect(page.locator("#confirm")).to_be_hidden()
+            expect(page.locator("#action-result")).to_be_empty()
+            # Promote ends the pause step.
             promote.click()
             expect(page.locator("#action-result")).to_have_text(
                 f"asked the operator to promote {KEY}", timeout=30_000
@@ -204,7 +215,8 @@ def test_a_read_only_dashboard_shows_no_action_and_refuses_requests(
     if not mesh.cluster.kubectl("get", "frel", RELEASE, "-n", NS, check=False).stdout:
         install_v1(mesh)
     kubeconfig = mesh.cluster.admin_kubeconfig
-    with dashboard(kubeconfig, tmp_path / "dashboard.log", "--read-only") as url:
+    # Through the kubectl plugin's own command line this time: the way a person starts it.
+    with dashboard(kubeconfig, tmp_path / "dashboard.log", "--read-only", plugin=True) as url:
         page = browser.new_page(viewport={"width": 1366, "height": 768})
         page.goto(f"{url}#/{NS}/{RELEASE}")
         expect(page.locator("#mode")).to_have_text("read-only")

@@ -140,6 +140,10 @@ def test_the_dashboard_follows_a_canary_live_and_acts_on_it(
     kubeconfig = mesh.cluster.admin_kubeconfig
     with dashboard(kubeconfig, tmp_path / "dashboard.log") as url:
         page = browser.new_page(viewport={"width": 1366, "height": 768})
+        # A script error, or anything the Content-Security-Policy blocked, is a failure.
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(url)
         # Set once: still there at the end proves the page was never reloaded.
         page.evaluate("window.__openedOnce = true")
@@ -204,6 +208,7 @@ def test_the_dashboard_follows_a_canary_live_and_acts_on_it(
             expect(row).to_have_attribute("data-phase", "Degraded")
             expect(page.locator('#counts li[data-phase="Degraded"]')).to_contain_text("1")
         assert page.evaluate("window.__openedOnce") is True
+        assert errors == []
 
     print(f"\nbrowser test took {time.monotonic() - started:.0f}s (after the cluster started)")
 

@@ -109,18 +109,25 @@ def istio_crds_installed(cluster: LocalCluster) -> bool:
 
 def operator_pod(cluster: LocalCluster) -> tuple[dict[str, Any], dict[str, Any]]:
     """The Deployment's pod spec and its operator container, as deploy/ renders."""
-    out = cluster.kubectl("kustomize", str(REPO_ROOT / "deploy")).stdout
+    return deployment_pod(cluster, REPO_ROOT / "deploy", "filterrelease-operator", "operator")
+
+
+def deployment_pod(
+    cluster: LocalCluster, kustomization: Path, name: str, container_name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A Deployment's pod spec and one of its containers, as a kustomization renders."""
+    out = cluster.kubectl("kustomize", str(kustomization)).stdout
     [deployment] = [
         doc
         for doc in yaml.safe_load_all(out)
-        if doc
-        and doc["kind"] == "Deployment"
-        and doc["metadata"]["name"] == "filterrelease-operator"
+        if doc and doc["kind"] == "Deployment" and doc["metadata"]["name"] == name
     ]
     pod = deployment["spec"]["template"]["spec"]
     containers = pod["containers"]
     [container] = (
-        [c for c in containers if c["name"] == "operator"] if len(containers) > 1 else containers
+        [c for c in containers if c["name"] == container_name]
+        if len(containers) > 1
+        else containers
     )
     return pod, container
 
@@ -204,10 +211,12 @@ def local_overrides(health: int, metrics: int, webhook: int) -> dict[str, str]:
     }
 
 
-def serviceaccount_volume(cluster: LocalCluster, into: Path) -> Path:
+def serviceaccount_volume(
+    cluster: LocalCluster, into: Path, account: str = OPERATOR_SERVICEACCOUNT
+) -> Path:
     """What the kubelet projects into every pod of the ServiceAccount."""
     token = cluster.kubectl(
-        "create", "token", OPERATOR_SERVICEACCOUNT, "-n", OPERATOR_NAMESPACE, "--duration=1h"
+        "create", "token", account, "-n", OPERATOR_NAMESPACE, "--duration=1h"
     ).stdout.strip()
     into.mkdir(mode=0o755)
     into.chmod(0o755)  # a mount's root keeps its mode: 65532 must be able to look inside
@@ -389,3 +398,106 @@ def check_alive(operator: ContainerProcess) -> bool:
     if not operator.alive():
         raise AssertionError(f"{operator.describe_exit()}:\n{operator.log_tail()}")
     return True
+
+
+# -- the dashboard, from deploy/dashboard ------------------------------------------------------
+
+
+def test_the_dashboard_runs_from_the_image_read_only_as_deploy_dashboard_says(
+    image: ImageConfig, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The in-cluster dashboard: the image's kubectl-filterrelease, deploy/dashboard's command,
+    user and read-only root, its own ServiceAccount (read-only RBAC): it lists the cluster's
+    releases and refuses every request."""
+    kustomization = REPO_ROOT / "deploy" / "dashboard"
+    rendered = cluster.kubectl("kustomize", str(kustomization)).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] != "Deployment"]
+    for doc in rbac:
+        assert apply_json(cluster, doc).returncode == 0, doc
+    pod, container = deployment_pod(cluster, kustomization, "filterrelease-dashboard", "dashboard")
+    uid, gid = run_as(pod, container, image)
+    [port] = free_ports(1)
+    # Host network: the container's port moves to a free one on this machine.
+    [http] = [p["containerPort"] for p in container["ports"]]
+    argv = command(container, image)
+    argv[argv.index("--port") + 1] = str(port)
+    namespace = "dashboard-image"
+    cluster.kubectl("create", "namespace", namespace)
+    release = example(namespace, registry="registry.invalid")
+    assert apply_json(cluster, release).returncode == 0
+
+    apiserver = urllib.parse.urlsplit(cluster.server)
+    spec = ContainerSpec(
+        image=os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
+        argv=argv,
+        env={
+            **image.env,
+            **container_env(pod, container),
+            "HOSTNAME": "filterrelease-dashboard-image-test",
+            "KUBERNETES_SERVICE_HOST": LOOPBACK,
+            "KUBERNETES_SERVICE_PORT": str(apiserver.port),
+        },
+        uid=uid,
+        gid=gid,
+        workdir=container.get("workingDir", image.workdir),
+        hostname="filterrelease-dashboard-image-test",
+        read_only_root=bool(container.get("securityContext", {}).get("readOnlyRootFilesystem")),
+        tmpfs=emptydir_mounts(pod, container),
+        binds=[
+            Bind(
+                serviceaccount_volume(cluster, tmp_path / "sa", pod["serviceAccountName"]),
+                SERVICEACCOUNT_DIR,
+            )
+        ],
+    )
+    assert spec.read_only_root
+    dashboard = ContainerProcess(
+        spec, tmp_path / "dashboard.log", name=f"{CONTAINER_PREFIX}dash-{os.getpid()}"
+    )
+    base = f"http://{LOOPBACK}:{port}"
+    with dashboard:
+        try:
+            for kind in ("readinessProbe", "livenessProbe"):
+                probe: dict[str, Any] = container[kind]
+
+                def passes(probe: dict[str, Any] = probe) -> bool:
+                    return check_alive(dashboard) and probe_ok(probe, {http: port}, {"http": http})
+
+                cluster.wait_for(
+                    passes, timeout=TIMEOUT, what=f"the dashboard's {kind} of deploy/dashboard"
+                )
+
+            def listed() -> bool:
+                with urllib.request.urlopen(f"{base}/api/releases", timeout=5) as resp:
+                    rows = json.load(resp)["rows"]
+                return any(
+                    (r["namespace"], r["name"]) == (namespace, "security-headers") for r in rows
+                )
+
+            cluster.wait_for(listed, timeout=TIMEOUT, what="the release listed by the dashboard")
+            page = urllib.request.urlopen(f"{base}/", timeout=5).read().decode()  # loopback
+            assert "<html" in page.lower()
+            ask = urllib.request.Request(
+                f"{base}/api/releases/{namespace}/security-headers/request",
+                data=json.dumps({"request": "abort"}).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(ask, timeout=5)  # loopback
+            assert refused.value.code == 403
+            annotations = cluster.kubectl(
+                "get", "frel", "security-headers", "-n", namespace,
+                "-o", "jsonpath={.metadata.annotations}",
+            ).stdout  # fmt: skip
+            assert "filterrelease.dev/request" not in annotations
+            # Its ServiceAccount could not have written it either.
+            can = cluster.kubectl(
+                "auth", "can-i", "patch", "filterreleases.filterrelease.dev", "-n", namespace,
+                f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{pod['serviceAccountName']}",
+                check=False,
+            )  # fmt: skip
+            assert can.stdout.strip() == "no"
+        except BaseException:
+            print(f"\n--- dashboard in the image ---\n{dashboard.log_tail(60)}")
+            raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import ssl
 import urllib.error
@@ -12,18 +13,48 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 
 
-def free_ports(count: int) -> list[int]:
-    """Ask the kernel for `count` distinct free loopback ports.
+# Where the kernel picks the local port of an outgoing connection. A port probed free in that
+# range can be taken by any connect() on the machine between our probe and the component's bind
+# (CI saw kube-apiserver die with "bind: address already in use" exactly so), so we hand out ports
+# below it, which only an explicit bind ever takes.
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LINUX_EPHEMERAL_RANGE = (32768, 60999)
+# The bottom of our window: above the well-known ports local services tend to use (registries,
+# Prometheus, databases), and wide enough that two test runs picking at random rarely collide.
+_WINDOW_LOW = 20000
+_MIN_WINDOW = 2000
 
-    All sockets stay open until every port is picked, so the kernel cannot hand out the same
-    port twice; two clusters starting at once can still race for a port between our close and
-    the component's bind, which then fails loudly in start() rather than silently sharing.
+
+def ephemeral_range(path: Path = _EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux's default if unknown)."""
+    try:
+        low, high = (int(part) for part in path.read_text().split())
+    except (OSError, ValueError):
+        return _LINUX_EPHEMERAL_RANGE
+    return low, high
+
+
+def free_ports(count: int, *, ephemeral: tuple[int, int] | None = None) -> list[int]:
+    """`count` distinct loopback ports, free now and outside the kernel's ephemeral range.
+
+    All probe sockets stay open until every port is picked, so no port is handed out twice.
+    Outside the ephemeral range only another explicit bind can take a port before the
+    component binds it; if the range leaves no room below it, the kernel picks instead.
     """
+    low = (ephemeral or ephemeral_range())[0]
+    window = range(_WINDOW_LOW, low) if low - _WINDOW_LOW >= _MIN_WINDOW else None
     with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        candidates = iter(random.sample(window, len(window))) if window else None
+        while len(ports) < count:
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((LOOPBACK, 0))
+            wanted = 0 if candidates is None else next(candidates, None)
+            if wanted is None:
+                raise OSError(f"no free loopback port in {window}")
+            try:
+                sock.bind((LOOPBACK, wanted))
+            except OSError:
+                continue
             ports.append(sock.getsockname()[1])
         return ports
 

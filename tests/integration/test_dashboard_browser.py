@@ -4,12 +4,13 @@ and Prometheus (tests/support/canary.py), and the dashboard as its own process, 
 runs it with their kubeconfig.
 
 One page is opened once and never reloaded: the release appears in the list, its page shows
-the steps advance, a Promote from the page moves the rollout on, and when the faulty version's
-analysis fails the same page shows the rollback. A read-only dashboard shows no button and
+the steps advance, a Promote from the page moves the rollout on, when the faulty version's
+analysis fails the same page shows the rollback, and "Undo to this" on a kept revision puts it
+back at once. A read-only dashboard shows no button and
 refuses a request even with its token.
 
 Screenshots go to test-artefacts/dashboard/ (list, pause step, mid-canary, after the
-rollback).
+rollback, after the undo).
 """
 
 from __future__ import annotations
@@ -203,6 +204,20 @@ def test_the_dashboard_follows_a_canary_live_and_acts_on_it(
             # Three failed measurements at least: every one of them is on the plot.
             assert points.count() >= 3
             shot(page, "4-release-rolled-back")
+
+            # A good version goes out in one step; then "Undo to this" on v1's revision puts
+            # it back on every pod at once (asked first), and the same page shows the drift.
+            release(mesh, "security-headers", {"version": "v2"}, [{"setWeight": 100}])
+            expect(page.locator("#release-phase")).to_have_text("Healthy", timeout=STEP_MS)
+            undo = page.locator('#history button[data-request="undo:1"]')
+            expect(undo).to_be_visible(timeout=30_000)
+            undo.click()
+            expect(page.locator("#confirm")).to_be_visible()
+            page.locator("#confirm-yes").click()
+            expect(page.locator("#release-phase")).to_have_text("Degraded", timeout=60_000)
+            expect(page.locator("#release-message")).to_contain_text("undone to revision 1")
+            expect(page.locator("#history tbody tr").first).to_contain_text("Undone")
+            shot(page, "5-release-undone")
 
             page.get_by_role("link", name="← All releases").click()
             expect(row).to_have_attribute("data-phase", "Degraded")

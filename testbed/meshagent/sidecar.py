@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from localcluster.network import free_ports
 from localcluster.processes import ManagedProcess
 from meshagent import envoyconfig, fetch, layout
 from meshagent.istiod import RemoteWasm
@@ -54,9 +54,8 @@ _HANDED_OUT_LOCK = threading.Lock()
 def free_port() -> int:
     """A free loopback port no other sidecar of this agent holds."""
     while True:
-        with socket.socket() as sock:
-            sock.bind((envoyconfig.LOOPBACK, 0))
-            port = int(sock.getsockname()[1])
+        # Below the ephemeral range, so no outgoing connection takes it before Envoy binds it.
+        [port] = free_ports(1)
         with _HANDED_OUT_LOCK:
             if port not in _HANDED_OUT:
                 _HANDED_OUT.add(port)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import random
 import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,6 +25,10 @@ _LINUX_EPHEMERAL_RANGE = (32768, 60999)
 # Prometheus, databases), and wide enough that two test runs picking at random rarely collide.
 _WINDOW_LOW = 20000
 _MIN_WINDOW = 2000
+# Ports this process handed out lately: their components may not have bound them yet, so a
+# probe would find them free. Picked at random, a repeat is rare but not impossible without this.
+_RECENT: collections.deque[int] = collections.deque(maxlen=1000)
+_RECENT_LOCK = threading.Lock()
 
 
 def ephemeral_range(path: Path = _EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
@@ -43,19 +49,22 @@ def free_ports(count: int, *, ephemeral: tuple[int, int] | None = None) -> list[
     """
     low = (ephemeral or ephemeral_range())[0]
     window = range(_WINDOW_LOW, low) if low - _WINDOW_LOW >= _MIN_WINDOW else None
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _RECENT_LOCK:
         ports: list[int] = []
         candidates = iter(random.sample(window, len(window))) if window else None
         while len(ports) < count:
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             wanted = 0 if candidates is None else next(candidates, None)
             if wanted is None:
                 raise OSError(f"no free loopback port in {window}")
+            if wanted in _RECENT:
+                continue
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((LOOPBACK, wanted))
             except OSError:
                 continue
             ports.append(sock.getsockname()[1])
+        _RECENT.extend(ports)
         return ports
 
 

@@ -216,6 +216,8 @@ def test_the_dashboard_follows_a_canary_live_and_acts_on_it(
             page.locator("#confirm-yes").click()
             expect(page.locator("#release-phase")).to_have_text("Degraded", timeout=60_000)
             expect(page.locator("#release-message")).to_contain_text("undone to revision 1")
+            # The answer to the undo request spoke of the Healthy release: it went with that phase.
+            expect(page.locator("#action-result")).to_be_empty()
             expect(page.locator("#history tbody tr").first).to_contain_text("Undone")
             shot(page, "5-release-undone")
 

@@ -24,6 +24,7 @@ const state = {
   loading: false,
   again: false,
   eventsTimer: null,
+  resultPhase: null,    // the phase the shown request was sent in; its answer goes with it
 };
 
 const $ = (id) => document.getElementById(id);
@@ -176,6 +177,7 @@ function route() {
     $("release-view").hidden = false;
     $("release-title").textContent = state.current;
     $("action-result").textContent = "";
+    state.resultPhase = null;
     for (const id of ["actions", "steps", "pods", "metrics", "plugins"]) $(id).replaceChildren();
     refreshDetail();
     state.eventsTimer = setInterval(refreshEvents, EVENTS_EVERY_MS);
@@ -235,6 +237,12 @@ function renderDetail(view) {
     phase.className = `badge phase-${PHASES.includes(r.phase) ? r.phase : "other"}`;
   }
   if ($("release-message").textContent !== r.message) $("release-message").textContent = r.message;
+  // A request's answer speaks of the phase it was sent in; once the release is in another one
+  // the answer is history (the Events keep it), so it goes.
+  if (state.resultPhase && state.resultPhase !== r.phase) {
+    state.resultPhase = null;
+    $("action-result").textContent = "";
+  }
   const facts = [
     ["stable", "Stable", r.stable || "–"], ["canary", "Canary", r.canary || "–"],
     ["step", "Step", r.step || "–"],
@@ -423,6 +431,8 @@ async function act(value) {
   buttons.forEach((b) => { b.disabled = true; });
   result.className = "action-result";
   result.textContent = `Sending ${value}…`;
+  const sentIn = state.detail ? state.detail.release.phase : null;
+  state.resultPhase = sentIn;
   try {
     const response = await fetch(`${apiPath(key)}/request`, {
       method: "POST",
@@ -430,6 +440,8 @@ async function act(value) {
       body: JSON.stringify({ request: value }),
     });
     const body = await response.json();
+    // The release may have moved on before the answer came: then it is no news.
+    if (response.ok && sentIn !== null && state.resultPhase !== sentIn) { result.textContent = ""; return; }
     result.className = `action-result ${response.ok ? "ok" : "error"}`;
     result.textContent = response.ok ? body.message : `Refused (${response.status}): ${body.message}`;
   } catch (err) {
